@@ -1,0 +1,22 @@
+"""adapttoken_ext: fused kernels for AdaptToken, entropy-guided visual-token selection
+for long-video MLLMs (arXiv 2603.28696).
+
+``import adapttoken_ext`` registers ``torch.ops.adapttoken.*``: the compiled C++/CUDA
+kernels when available, else the pure-PyTorch reference (with a warning).
+``backend`` and ``cuda_backend`` say which serves CPU and CUDA tensors.
+"""
+
+from ._library import backend, cuda_backend, load_error
+from .ops import attention_scores, segmented_topk, select, softmax_entropy
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "attention_scores",
+    "backend",
+    "cuda_backend",
+    "load_error",
+    "segmented_topk",
+    "select",
+    "softmax_entropy",
+]

@@ -1,0 +1,44 @@
+// Hot fp32 loops of the CPU kernels. Callers convert fp16/bf16 inputs to fp32
+// tiles first, so these loops are not templated and can be compiled once per
+// instruction set (target_clones, see fp32_kernels.cpp).
+#pragma once
+
+#include <cstdint>
+
+namespace adapttoken::cpu {
+
+// Micro-tile of gemm_nt: kGemmMR rows x kGemmNR columns of accumulators.
+constexpr int64_t kGemmMR = 8;
+constexpr int64_t kGemmNR = 32;
+
+// c[r, j] = sum_d a[r, d] * bt[d, j], all row-major and dense:
+// a is [rows, depth], bt is [depth, cols], c is [rows, cols].
+// Requires rows % kGemmMR == 0 and cols % kGemmNR == 0 (callers pad with zeros).
+void gemm_nt(const float* a, const float* bt, float* c, int64_t rows, int64_t cols,
+             int64_t depth);
+
+// Online log-sum-exp over y = x[0..n) * scale: updates the running max *m and
+// the running sum *l = sum exp(y - *m). Start from *m = -inf, *l = 0.
+void online_lse_update(const float* x, int64_t n, float scale, float* m, float* l);
+
+// For c < n: p = exp(x[c] * scale - lse); acc[c] = max(acc[c], p), or
+// acc[c] += p when `sum` is true. NaN propagates into acc.
+void accumulate_probs(const float* x, int64_t n, float scale, float lse, bool sum,
+                      float* acc);
+
+// Lane-wise state of the one-pass softmax entropy (method.md step 4): per lane
+// the running max m, s = sum exp(y - m) and t = sum exp(y - m) * (y - m).
+struct EntropyState {
+  float m[16];
+  float s[16];
+  float t[16];
+  bool nan;
+};
+void entropy_init(EntropyState* st);
+// Adds y = x[0..n) / temperature. -inf entries have probability 0.
+void entropy_update(const float* x, int64_t n, float temperature, EntropyState* st);
+// Entropy in nats: log(S) - T/S after merging the lanes. NaN when a NaN was
+// seen, when the maximum is +inf, or when every entry was -inf.
+float entropy_finish(const EntropyState& st);
+
+}  // namespace adapttoken::cpu
