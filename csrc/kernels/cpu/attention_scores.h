@@ -6,7 +6,7 @@
 //   pass 1: the row log-sum-exp of every (head, text query), split over keys
 //           and merged;
 //   pass 2: exp(s - lse) for the visual keys, reduced over heads and queries
-//           into one value per key.
+//           into one value per key (for max: max of s - lse, then one exp).
 // Per KV head, the scores of all its query heads against a K chunk come from one
 // fp32 GEMM tile, so each K chunk is read once per pass (GQA without repeat).
 // Extra memory: the fp32 queries, lse and per-thread tiles of kChunk keys.
@@ -127,17 +127,23 @@ void attention_scores(const AttentionScoresParams& p, ParallelFor&& parallel_for
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / nchunk2, c = task % nchunk2;
       const int64_t j0 = c * kChunk, key0 = p.visual_start + j0, n = std::min(kChunk, V - j0);
-      std::fill(acc.begin(), acc.end(), 0.f);
+      std::fill(acc.begin(), acc.end(), p.mean ? 0.f : neg_inf);
       for (int64_t g = 0; g < p.Hkv; ++g) {
         const int64_t bg = b * p.Hkv + g;
         pack_keys(b, g, key0, n, kt.data());
         gemm_nt(qf.data() + bg * Rp * D, kt.data(), s.data(), Rp, kChunk, D);
-        for (int64_t r = 0; r < R; ++r)
-          accumulate_probs(s.data() + r * kChunk, visible(r, key0, n), p.scale, lse[bg * R + r],
-                           p.mean, acc.data());
+        for (int64_t r = 0; r < R; ++r) {
+          const float* row = s.data() + r * kChunk;
+          if (p.mean) {
+            sum_probs(row, visible(r, key0, n), p.scale, lse[bg * R + r], acc.data());
+          } else {
+            max_log_probs(row, visible(r, key0, n), p.scale, lse[bg * R + r], acc.data());
+          }
+        }
       }
+      // A key no row can see keeps acc = -inf (max) or 0 (mean): probability 0.
       float* dst = p.out + b * V + j0;
-      for (int64_t j = 0; j < n; ++j) dst[j] = p.mean ? acc[j] * inv_rows : acc[j];
+      for (int64_t j = 0; j < n; ++j) dst[j] = p.mean ? acc[j] * inv_rows : std::exp(acc[j]);
     }
   });
 }

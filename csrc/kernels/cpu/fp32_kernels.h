@@ -8,7 +8,7 @@
 namespace adapttoken::cpu {
 
 // Micro-tile of gemm_nt: kGemmMR rows x kGemmNR columns of accumulators.
-constexpr int64_t kGemmMR = 8;
+constexpr int64_t kGemmMR = 14;
 constexpr int64_t kGemmNR = 32;
 
 // c[r, j] = sum_d a[r, d] * bt[d, j], all row-major and dense:
@@ -21,17 +21,21 @@ void gemm_nt(const float* a, const float* bt, float* c, int64_t rows, int64_t co
 // the running sum *l = sum exp(y - *m). Start from *m = -inf, *l = 0.
 void online_lse_update(const float* x, int64_t n, float scale, float* m, float* l);
 
-// For c < n: p = exp(x[c] * scale - lse); acc[c] = max(acc[c], p), or
-// acc[c] += p when `sum` is true. NaN propagates into acc.
-void accumulate_probs(const float* x, int64_t n, float scale, float lse, bool sum,
-                      float* acc);
+// For c < n: acc[c] += exp(x[c] * scale - lse).
+void sum_probs(const float* x, int64_t n, float scale, float lse, float* acc);
+
+// For c < n: acc[c] = max(acc[c], x[c] * scale - lse), a log-probability. Since
+// exp is monotone, the max probability is exp(acc) at the end: one exp per key
+// instead of one per (row, key). NaN propagates into acc.
+void max_log_probs(const float* x, int64_t n, float scale, float lse, float* acc);
 
 // Lane-wise state of the one-pass softmax entropy (method.md step 4): per lane
 // the running max m, s = sum exp(y - m) and t = sum exp(y - m) * (y - m).
+constexpr int kEntropyLanes = 16;
 struct EntropyState {
-  float m[16];
-  float s[16];
-  float t[16];
+  float m[kEntropyLanes];
+  float s[kEntropyLanes];
+  float t[kEntropyLanes];
   bool nan;
 };
 void entropy_init(EntropyState* st);

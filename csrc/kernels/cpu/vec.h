@@ -1,14 +1,8 @@
 // Portable 16-lane float vectors (GCC/Clang vector extensions) and a vector exp.
-// Functions here carry no target attribute, so they inline into each
-// target_clones variant of the hot loops in fp32_kernels.cpp and compile to
-// AVX-512, AVX2 or SSE there.
-#pragma once
-
-#include <cstdint>
-#include <cstring>
-#include <limits>
-
-namespace adapttoken::cpu {
+// No include guard and no namespace: fp32_kernels.cpp includes this file once
+// per instruction set, inside that set's namespace and `#pragma GCC target`
+// region, so the same code compiles to AVX-512, AVX2 and SSE.
+// Needs <cstdint> and <cstring> included before.
 
 constexpr int kLanes = 16;
 typedef float vf __attribute__((vector_size(kLanes * sizeof(float))));
@@ -68,4 +62,3 @@ inline vf vexp(vf x) {
   return y * scale;
 }
 
-}  // namespace adapttoken::cpu
