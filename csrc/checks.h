@@ -30,6 +30,23 @@ template <typename... Args>
     if (!(cond)) ::adapttoken::fail(op, __VA_ARGS__); \
   } while (0)
 
+// Python's dtype names, as users see them.
+inline const char* dtype_name(ScalarType s) {
+  switch (s) {
+    case ScalarType::Float: return "float32";
+    case ScalarType::Double: return "float64";
+    case ScalarType::Half: return "float16";
+    case ScalarType::BFloat16: return "bfloat16";
+    case ScalarType::Long: return "int64";
+    case ScalarType::Int: return "int32";
+    case ScalarType::Short: return "int16";
+    case ScalarType::Char: return "int8";
+    case ScalarType::Byte: return "uint8";
+    case ScalarType::Bool: return "bool";
+    default: return torch::headeronly::toString(s);
+  }
+}
+
 inline std::string shape_str(const Tensor& t) {
   std::ostringstream oss;
   oss << '[';
@@ -51,13 +68,13 @@ inline bool is_float_type(ScalarType s) {
 inline void check_float(const char* op, const Tensor& t, const char* name) {
   ADAPTTOKEN_CHECK(is_float_type(t.scalar_type()), op, name,
                    " must be float32, float16 or bfloat16, got ",
-                   torch::headeronly::toString(t.scalar_type()));
+                   dtype_name(t.scalar_type()));
 }
 
 inline void check_dtype(const char* op, const Tensor& t, const char* name, ScalarType want) {
   ADAPTTOKEN_CHECK(t.scalar_type() == want, op, name, " must be ",
-                   torch::headeronly::toString(want), ", got ",
-                   torch::headeronly::toString(t.scalar_type()));
+                   dtype_name(want), ", got ",
+                   dtype_name(t.scalar_type()));
 }
 
 inline void check_same_device(const char* op, const Tensor& ref, const char* ref_name,
@@ -83,8 +100,8 @@ inline AttentionShape check_attention(const char* op, const Tensor& query, const
   check_rank(op, key, "key", 4, "[B, Hkv, Lk, D]");
   check_float(op, query, "query");
   ADAPTTOKEN_CHECK(key.scalar_type() == query.scalar_type(), op, "key dtype ",
-                   torch::headeronly::toString(key.scalar_type()),
-                   " must match query dtype ", torch::headeronly::toString(query.scalar_type()));
+                   dtype_name(key.scalar_type()),
+                   " must match query dtype ", dtype_name(query.scalar_type()));
   check_same_device(op, query, "query", key, "key");
   const AttentionShape s{query.size(0), query.size(1), key.size(1),
                          query.size(2), key.size(2), query.size(3)};
