@@ -2,9 +2,10 @@
 // segment, ties to the lower index, NaN below everything.
 //
 // Each element becomes one 64-bit key, (orderable score bits << 32) | ~local
-// index, so a larger key means a larger score or, on a tie, a lower index. Then
-// std::nth_element finds the top k in linear time and the keys are unique, which
-// makes the result deterministic.
+// index, so a larger key means a larger score or, on a tie, a lower index. The
+// keys are unique, which makes the result deterministic. The top k come from a
+// size-k min-heap in one pass when k is small against the segment (most keys
+// then cost one compare), else from std::nth_element.
 #pragma once
 
 #include <algorithm>
@@ -44,11 +45,34 @@ void segmented_topk(const SegmentedTopkParams& p, ParallelFor&& parallel_for) {
     for (int64_t g = begin; g < end; ++g) {
       const int64_t start = p.offsets[g], n = p.offsets[g + 1] - start, kk = p.k[g];
       if (kk == 0) continue;
-      keys.resize(size_t(n));
-      for (int64_t i = 0; i < n; ++i)
-        keys[i] = (uint64_t(orderable_bits(p.scores[(start + i) * p.scores_stride])) << 32) |
-                  uint64_t(0xffffffffu - uint32_t(i));
-      if (kk < n) std::nth_element(keys.begin(), keys.begin() + (kk - 1), keys.end(), std::greater<>());
+      auto key_of = [&](int64_t i) {
+        return (uint64_t(orderable_bits(p.scores[(start + i) * p.scores_stride])) << 32) |
+               uint64_t(0xffffffffu - uint32_t(i));
+      };
+      if (kk * 8 <= n) {
+        keys.resize(size_t(kk));
+        for (int64_t i = 0; i < kk; ++i) keys[i] = key_of(i);
+        std::make_heap(keys.begin(), keys.end(), std::greater<>());  // keys[0] = smallest kept
+        auto score_of = [&](uint64_t key) {
+          return p.scores[(start + int64_t(0xffffffffu - uint32_t(key))) * p.scores_stride];
+        };
+        float smallest = score_of(keys[0]);
+        for (int64_t i = kk; i < n; ++i) {
+          // A score strictly below the smallest kept one cannot enter: one compare.
+          if (p.scores[(start + i) * p.scores_stride] < smallest) continue;
+          const uint64_t key = key_of(i);
+          if (key > keys[0]) {
+            std::pop_heap(keys.begin(), keys.end(), std::greater<>());
+            keys.back() = key;
+            std::push_heap(keys.begin(), keys.end(), std::greater<>());
+            smallest = score_of(keys[0]);
+          }
+        }
+      } else {
+        keys.resize(size_t(n));
+        for (int64_t i = 0; i < n; ++i) keys[i] = key_of(i);
+        if (kk < n) std::nth_element(keys.begin(), keys.begin() + (kk - 1), keys.end(), std::greater<>());
+      }
       if (p.sort_by_index) {
         // Larger low word = lower index: descending low word is ascending index.
         std::sort(keys.begin(), keys.begin() + kk,
