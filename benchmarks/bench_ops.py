@@ -16,7 +16,6 @@ import json
 import multiprocessing as mp
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -92,11 +91,18 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _peak_rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM"))
+
+
 def _peak_child(name, variant, device, out):
     fn = make_case(name, device)[variant]
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the peak RSS (VmHWM) after building the inputs
     before = _rss_bytes()
     fn()
-    out.put(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before)
+    out.put(_peak_rss_bytes() - before)
 
 
 def peak_extra_bytes(name: str, variant: str, device: str) -> int | None:
