@@ -11,7 +11,21 @@ from .ops import attention_scores, segmented_topk, select, softmax_entropy
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name):  # the pipeline imports transformers: load it on first use
+    if name in ("AdaptToken", "AdaptTokenResult"):
+        from . import pipeline
+        return getattr(pipeline, name)
+    if name == "AdaptTokenConfig":
+        from .config import AdaptTokenConfig
+        return AdaptTokenConfig
+    raise AttributeError(f"module 'adapttoken_ext' has no attribute {name!r}")
+
+
 __all__ = [
+    "AdaptToken",
+    "AdaptTokenConfig",
+    "AdaptTokenResult",
     "attention_scores",
     "backend",
     "cuda_backend",

@@ -1,0 +1,141 @@
+"""The ``adapttoken`` command: ``answer`` a question about a video, or run the offline ``demo``."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+TINY_WARNING = ("NOTE: using the built-in tiny Qwen2.5-VL with RANDOM weights (no download). "
+                "Its answers are meaningless; pass --model for a real checkpoint.")
+DEMO_QUESTION = "What are the people in the video doing?"
+DEMO_OPTIONS = ["A. Riding bikes", "B. Cooking dinner", "C. Playing chess", "D. Swimming"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="adapttoken", description=(
+        "AdaptToken: entropy-guided visual-token selection for long-video question answering."))
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp):
+        sp.add_argument("--model", default=None, help="hub id or local path of a Qwen2.5-VL "
+                        "checkpoint (default: the offline tiny model with random weights)")
+        sp.add_argument("--frames", type=int, default=None, help="frames sampled (method.md step 0)")
+        sp.add_argument("--budget", type=int, default=None, help="visual tokens kept (step 5)")
+        sp.add_argument("--units-per-group", type=int, default=None, help="units per group (step 1)")
+        sp.add_argument("--max-pixels", type=int, default=None, help="pixels per frame (step 0)")
+        sp.add_argument("--lite", action="store_true", help="AdaptToken-Lite early stop (step 8)")
+        sp.add_argument("--json", metavar="OUT", help="write the result as JSON")
+        sp.add_argument("--plot", metavar="OUT.png", help="plot entropy, budgets and selected tokens")
+        sp.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+        sp.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    a = sub.add_parser("answer", help="answer a question about a video")
+    a.add_argument("--video", required=True, help="video file")
+    a.add_argument("--question", required=True)
+    a.add_argument("--options", nargs="+", default=None, metavar="OPTION",
+                   help='answer options, e.g. "A. a cat" "B. a dog"')
+    common(a)
+    d = sub.add_parser("demo", help="run offline on a real sample video with the tiny model")
+    common(d)
+    return p
+
+
+def _config(args, demo: bool):
+    from .config import AdaptTokenConfig
+    base = dict(frames=128, max_pixels=112 * 224, units_per_group=8, budget=64) if demo else {}
+    for name in ("frames", "budget", "units_per_group", "max_pixels"):
+        if getattr(args, name) is not None:
+            base[name] = getattr(args, name)
+    return AdaptTokenConfig(lite=args.lite, **base)
+
+
+def format_table(result) -> str:
+    """Per-group table: frames, tokens, entropy, budget, selected."""
+    lines = [f"{'group':>5} {'frames':>13} {'tokens':>7} {'entropy':>8} {'budget':>7} {'selected':>8}"]
+    for g in result.groups:
+        span = f"{g.frames[0]}..{g.frames[-1]}" if g.frames else "-"
+        lines.append(f"{g.index:>5} {span:>13} {g.num_tokens:>7} {g.entropy:>8.4f} {g.budget:>7} {g.selected:>8}")
+    return "\n".join(lines)
+
+
+def plot(result, path: str, title: str = "") -> None:
+    """Per-group entropy and budget, and a timeline of the selected tokens (PNG)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    g = [r.index for r in result.groups]
+    fig, (ax1, ax3) = plt.subplots(2, 1, figsize=(9, 6), constrained_layout=True)
+    ax1.bar(g, [r.budget for r in result.groups], color="tab:blue", alpha=0.6, label="budget B_g")
+    ax1.set_xlabel("group")
+    ax1.set_ylabel("budget (tokens)", color="tab:blue")
+    ax2 = ax1.twinx()
+    ax2.plot(g, [r.entropy for r in result.groups], "o-", color="tab:red", label="entropy H_g")
+    ax2.set_ylabel("entropy (nats)", color="tab:red")
+    if result.stopped_after_group is not None:
+        ax1.axvline(result.stopped_after_group + 0.5, color="k", ls="--", lw=1)
+    ax1.set_title(title or "AdaptToken: group entropy and budget (lower entropy, larger budget)")
+    t = result.selected_tokens
+    rows, cols = result.grid if result.grid[1] else (1, 1)
+    ax3.scatter([x["frame"] for x in t], [x["h"] * cols + x["w"] for x in t],
+                c=[x["score"] for x in t], s=6, cmap="viridis")
+    ax3.set_xlim(0, max(result.frames) + 1)
+    ax3.set_ylim(-0.5, rows * cols - 0.5)
+    ax3.set_xlabel("video frame")
+    ax3.set_ylabel("token in frame (raster)")
+    ax3.set_title(f"{len(t)} selected tokens (colour: attention score)")
+    tmp = f"{path}.partial.png"
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    from .pipeline import AdaptToken
+    from .video import sample_video
+    demo = args.command == "demo"
+    try:
+        config = _config(args, demo).validate()
+        if demo:
+            video, question, options = str(sample_video("bikes.mp4")), DEMO_QUESTION, DEMO_OPTIONS
+        else:
+            video, question, options = args.video, args.question, args.options
+            if not os.path.isfile(video):
+                raise FileNotFoundError(f"--video: no such file: {video!r}")
+        at = AdaptToken.from_pretrained(args.model, config=config, device=args.device)
+        if at.tiny:
+            print(TINY_WARNING, file=sys.stderr)
+        result = at.answer(video, question, options, progress=not args.quiet)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"adapttoken: error: {e}", file=sys.stderr)
+        return 2
+    if demo:
+        print(f"video: {video}\nquestion: {question}\noptions: {' | '.join(options)}")
+    print(f"answer: {result.answer!r}" + ("  (tiny random model: meaningless)" if result.tiny_model else ""))
+    print(format_table(result))
+    n = len(result.groups)
+    print(f"kept {len(result.selected_tokens)} of {sum(g.num_tokens for g in result.groups)} visual "
+          f"tokens from {n} group(s); " + (f"Lite stopped after group {result.stopped_after_group}"
+                                           if result.stopped_after_group is not None else "all groups visited"))
+    if demo:
+        best = min(result.groups, key=lambda g: g.entropy)
+        print(f"why: group {best.index} had the lowest answer entropy ({best.entropy:.3f} nats), so it "
+              f"got the largest share of the budget ({best.budget} tokens); inside each group the "
+              f"tokens with the highest question-to-video attention at layer {at.reference_layer} were kept.")
+        top = sorted(result.selected_tokens, key=lambda x: -x["score"])[:5]
+        print("top tokens (frame, row, col, score): " +
+              ", ".join(f"({x['frame']}, {x['h']}, {x['w']}, {x['score']:.3f})" for x in top))
+    print(f"time {result.timings_s['total']:.2f} s, peak host RSS "
+          f"{result.peak_memory_bytes['host_rss'] / 2**20:.0f} MiB")
+    if args.json:
+        result.to_json(args.json)
+        print(f"wrote {args.json}")
+    if args.plot:
+        plot(result, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

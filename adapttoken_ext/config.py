@@ -1,0 +1,77 @@
+"""AdaptTokenConfig: every method.md default as a field."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+MC_INSTRUCTION = "Answer with the option's letter from the given choices directly."
+
+
+@dataclass
+class AdaptTokenConfig:
+    """Settings of AdaptToken and AdaptToken-Lite. Step numbers refer to ``shared/method.md``."""
+
+    frames: int = 4096
+    """Step 0: frames sampled uniformly over the video (capped at its frame count, rounded
+    down to the model's unit, 2 frames for Qwen2.5-VL)."""
+    max_pixels: int = 308 * 560
+    """Step 0: pixels per frame after resize (308*560 gives up to 220 tokens per unit)."""
+    units_per_group: int = 64
+    """Step 1: temporal units per group; ``G = ceil(units / units_per_group)``."""
+    group_layout: str = "interleaved"
+    """Step 1: ``"interleaved"`` (unit i to group i mod G) or ``"contiguous"``."""
+    reference_layer: int | None = None
+    """Step 3: decoder layer (0-based) whose attention ranks tokens; None: the model's
+    default (20 for 28-layer Qwen2.5-VL-7B, else round(0.7 * layers))."""
+    reduce: str = "max"
+    """Step 3: reduction of attention over heads and text queries, ``"max"`` or ``"mean"``."""
+    entropy_mode: str = "auto"
+    """Step 4: ``"options"`` (entropy over the option letters' tokens), ``"vocab"``
+    (full vocabulary), or ``"auto"``: options when options are given."""
+    budget: int = 7040
+    """Step 5: visual tokens kept for the final pass (32 units' worth on Qwen2.5-VL)."""
+    temperature: float = 1.0
+    """Step 5: T in ``w_g = softmax(-H_g / T)``."""
+    per_group_floor: int = 0
+    """Step 5: minimum tokens per group (capped at its capacity)."""
+    redundancy_threshold: float | None = 0.9
+    """Step 7: cosine threshold delta for same-location redundancy; None disables it."""
+    lite: bool = False
+    """Step 8: AdaptToken-Lite, stop visiting groups once one is certain enough."""
+    stop_threshold: float | None = None
+    """Step 8: tau in nats; None: ``0.1 ln K`` with K options, else 0.1."""
+    max_new_tokens: int | None = None
+    """Step 9: greedy decoding length; None: 16 with options, else 128."""
+    instruction: str | None = None
+    """Text after the options; None: the standard multiple-choice instruction when options
+    are given, nothing otherwise."""
+
+    def validate(self) -> "AdaptTokenConfig":
+        """Raise ValueError naming the first bad field."""
+        def positive(name):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise ValueError(f"{name}: must be a positive integer, got {v!r}")
+        for name in ("frames", "max_pixels", "units_per_group", "budget"):
+            positive(name)
+        if self.group_layout not in ("interleaved", "contiguous"):
+            raise ValueError(f"group_layout: must be 'interleaved' or 'contiguous', got {self.group_layout!r}")
+        if self.reduce not in ("max", "mean"):
+            raise ValueError(f"reduce: must be 'max' or 'mean', got {self.reduce!r}")
+        if self.entropy_mode not in ("auto", "options", "vocab"):
+            raise ValueError(f"entropy_mode: must be 'auto', 'options' or 'vocab', got {self.entropy_mode!r}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature: must be > 0, got {self.temperature}")
+        if self.per_group_floor < 0:
+            raise ValueError(f"per_group_floor: must be >= 0, got {self.per_group_floor}")
+        if self.redundancy_threshold is not None and not -1.0 <= self.redundancy_threshold <= 1.0:
+            raise ValueError(f"redundancy_threshold: must be in [-1, 1] or None, got {self.redundancy_threshold}")
+        if self.stop_threshold is not None and not self.stop_threshold >= 0:
+            raise ValueError(f"stop_threshold: must be >= 0, got {self.stop_threshold}")
+        if self.max_new_tokens is not None:
+            positive("max_new_tokens")
+        if self.reference_layer is not None and self.reference_layer < 0:
+            raise ValueError(f"reference_layer: must be >= 0, got {self.reference_layer}")
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,128 @@
+"""The built-in tiny Qwen2.5-VL: the real architecture at toy size, with random weights.
+
+Nothing can be downloaded, so the default model of the CLI and the tests is built here
+from a config, with a byte-level BPE tokenizer trained offline by the ``tokenizers``
+library, Qwen2.5-VL's chat template and a preprocessor config. It is saved once under
+the user cache dir and then loads through the same ``from_pretrained`` path as a real
+checkpoint. Its answers are meaningless.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+TINY_MODEL_ID = "adapttoken/tiny-qwen2.5-vl"
+_VERSION = "1"
+
+# Qwen2-VL's chat template (hub: Qwen/Qwen2.5-VL-7B-Instruct, chat_template.json).
+CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}"
+    "{{ message['content'] }}<|im_end|>\n{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}Picture "
+    "{{ image_count.value }}: {% endif %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}"
+    "{% set video_count.value = video_count.value + 1 %}{% if add_vision_id %}Video "
+    "{{ video_count.value }}: {% endif %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>",
+                  "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+
+_CORPUS = """You are a helpful assistant. What is happening in the video? Which object appears
+first? Answer with the option's letter from the given choices directly. A. B. C. D. E.
+The person rides a bike along the road. A rabbit sits in the grass near a tree. What colour
+is the car? How many people are there? Where does the scene take place? Describe the video.
+"""
+
+
+def tiny_model_dir() -> Path:
+    """Where the tiny model lives: ``$ADAPTTOKEN_CACHE`` or the user cache dir."""
+    import platformdirs
+    root = os.environ.get("ADAPTTOKEN_CACHE") or platformdirs.user_cache_dir("adapttoken_ext")
+    return Path(root) / f"tiny-qwen2.5-vl-v{_VERSION}"
+
+
+def _build_tokenizer(out: Path):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=SPECIAL_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([_CORPUS] * 4, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>",
+                                   pad_token="<|endoftext|>", model_max_length=1 << 24)
+    fast.chat_template = CHAT_TEMPLATE
+    fast.save_pretrained(out)
+    (out / "chat_template.jinja").write_text(CHAT_TEMPLATE)
+    return fast
+
+
+def build_tiny_model(out: Path, seed: int = 0) -> Path:
+    """Write the tiny model (config, random weights, tokenizer, preprocessor config) to ``out``."""
+    import torch
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    out.mkdir(parents=True, exist_ok=True)
+    tok = _build_tokenizer(out)
+    ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    config = Qwen2_5_VLConfig(
+        text_config=dict(
+            vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1 << 20,
+            rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]},
+            tie_word_embeddings=False, bos_token_id=ids["<|endoftext|>"],
+            eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"]),
+        vision_config=dict(
+            depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+            patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
+            fullatt_block_indexes=[1], tokens_per_second=2, in_channels=3),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
+    )
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    with torch.no_grad():  # random init is tiny in scale; widen it so outputs vary
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, 0.5 / p.shape[-1] ** 0.5 * 4)
+    model.save_pretrained(out)
+    (out / "preprocessor_config.json").write_text(json.dumps({
+        "image_mean": [0.48145466, 0.4578275, 0.40821073],
+        "image_std": [0.26862954, 0.26130258, 0.27577711],
+        "min_pixels": 56 * 56, "max_pixels": 112 * 224, "patch_size": 14,
+        "temporal_patch_size": 2, "merge_size": 2}, indent=1))
+    (out / "README.md").write_text(
+        "Tiny Qwen2.5-VL with RANDOM weights, built offline by adapttoken_ext.\n"
+        "Its answers are meaningless; it exists to run the pipeline without downloads.\n")
+    return out
+
+
+def ensure_tiny_model() -> Path:
+    """Build the tiny model on first use (atomically: a temp dir renamed into place)."""
+    final = tiny_model_dir()
+    if (final / "config.json").is_file():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=final.parent))
+    try:
+        build_tiny_model(tmp)
+        try:
+            os.replace(tmp, final)
+        except OSError:  # another process finished first
+            if not (final / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final

