@@ -19,6 +19,10 @@ class AdaptTokenConfig:
     """Step 1: temporal units per group; ``G = ceil(units / units_per_group)``."""
     group_layout: str = "interleaved"
     """Step 1: ``"interleaved"`` (unit i to group i mod G) or ``"contiguous"``."""
+    decode_cache_mb: int = 1024
+    """Step 1: host memory (MiB) for resized frames of later groups that decoding passes
+    on the way to the current group's frames; 0 disables. Bounds the re-decoding that
+    interleaved groups cause, and host memory."""
     reference_layer: int | None = None
     """Step 3: decoder layer (0-based) whose attention ranks tokens; None: the model's
     default (20 for 28-layer Qwen2.5-VL-7B, else round(0.7 * layers))."""
@@ -39,6 +43,9 @@ class AdaptTokenConfig:
     """Step 8: AdaptToken-Lite, stop visiting groups once one is certain enough."""
     stop_threshold: float | None = None
     """Step 8: tau in nats; None: ``0.1 ln K`` with K options, else 0.1."""
+    force_stop_after: int | None = None
+    """Step 8, for benchmarks: stop after this many groups as if Lite's test had fired
+    (random-weight models are never confident enough to stop on their own)."""
     max_new_tokens: int | None = None
     """Step 9: greedy decoding length; None: 16 with options, else 128."""
     instruction: str | None = None
@@ -61,6 +68,8 @@ class AdaptTokenConfig:
             raise ValueError(f"entropy_mode: must be 'auto', 'options' or 'vocab', got {self.entropy_mode!r}")
         if not self.temperature > 0:
             raise ValueError(f"temperature: must be > 0, got {self.temperature}")
+        if self.decode_cache_mb < 0:
+            raise ValueError(f"decode_cache_mb: must be >= 0, got {self.decode_cache_mb}")
         if self.per_group_floor < 0:
             raise ValueError(f"per_group_floor: must be >= 0, got {self.per_group_floor}")
         if self.redundancy_threshold is not None and not -1.0 <= self.redundancy_threshold <= 1.0:
@@ -69,6 +78,8 @@ class AdaptTokenConfig:
             raise ValueError(f"stop_threshold: must be >= 0, got {self.stop_threshold}")
         if self.max_new_tokens is not None:
             positive("max_new_tokens")
+        if self.force_stop_after is not None:
+            positive("force_stop_after")
         if self.reference_layer is not None and self.reference_layer < 0:
             raise ValueError(f"reference_layer: must be >= 0, got {self.reference_layer}")
         return self

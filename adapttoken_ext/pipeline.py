@@ -172,7 +172,7 @@ class AdaptToken:
         timer = _Timer(dev)
         t_start = time.perf_counter()
 
-        with VideoReader(video) as reader:
+        with VideoReader(video, cache_bytes=cfg.decode_cache_mb << 20) as reader:
             info = reader.info
             # Step 0: sampling and frame size.
             idx = sample_frame_indices(info.num_frames, cfg.frames, ad.unit)
@@ -183,6 +183,7 @@ class AdaptToken:
             # Step 1: groups.
             groups = selection.make_groups(U, cfg.units_per_group, cfg.group_layout)
             stride = len(groups) if cfg.group_layout == "interleaved" else 1
+            reader.plan(idx, H, W)
             spu = info.duration_s * ad.unit / len(idx)  # seconds per unit over the full video
             instruction = cfg.instruction if cfg.instruction is not None else (MC_INSTRUCTION if letters else None)
             prefix, suffix = ad.prompt_ids(question, options, instruction)
@@ -230,19 +231,21 @@ class AdaptToken:
                     cand.append((keys, val.cpu(), vis[loc].cpu()))
                 del vis, emb
                 records.append(GroupRecord(g, fidx, N, h))
-                with timer("selection"):
+                if progress and hasattr(bar, "set_postfix"):
+                    bar.set_postfix(entropy=f"{h:.3f}")
+                forced = cfg.force_stop_after is not None and g + 1 >= cfg.force_stop_after
+                if (forced or (cfg.lite and h < tau)) and g + 1 < len(groups):  # Step 8
+                    stopped = g
+                    break
+                with timer("selection"):  # drop candidates no completion of the run can use
                     h_max = math.log(K) if K else math.log(logits.shape[-1])
                     bound = selection.budget_bound(
                         torch.tensor([r.entropy for r in records]), len(groups) - g - 1, h_max,
-                        cfg.budget, min_cap, cfg.temperature, cfg.per_group_floor, cfg.lite)
+                        cfg.budget, min_cap, cfg.temperature, cfg.per_group_floor,
+                        cfg.lite or cfg.force_stop_after is not None)
                     for j, b in enumerate(bound.tolist()):
-                        if cand[j][0].numel() > headroom * b:  # drop what can no longer be used
+                        if cand[j][0].numel() > headroom * b:
                             cand[j] = tuple(x[: headroom * b].clone() for x in cand[j])
-                if progress and hasattr(bar, "set_postfix"):
-                    bar.set_postfix(entropy=f"{h:.3f}")
-                if cfg.lite and h < tau and g + 1 < len(groups):  # Step 8
-                    stopped = g
-                    break
             if hasattr(bar, "close"):
                 bar.close()
 

@@ -6,6 +6,8 @@ so a 10K-frame video never sits in memory at full resolution (method.md step 1).
 """
 from __future__ import annotations
 
+import bisect
+import collections
 import importlib.metadata
 import os
 from dataclasses import dataclass
@@ -46,14 +48,20 @@ class VideoReader:
 
     Args:
         path: a video file readable by FFmpeg.
+        cache_bytes: with :meth:`plan`, frames that later calls will ask for are kept
+            (resized) when decoding passes them, up to this many bytes (PyAV backend).
+            Interleaved groups otherwise decode the same stretches of video once per group.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
         ValueError: ``path`` is not a video FFmpeg can read, or has no video frames.
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, cache_bytes: int = 0):
         self.path = str(path)
+        self.cache_bytes = cache_bytes
+        self._cache: dict[int, torch.Tensor] = {}
+        self._uses: collections.Counter = collections.Counter()
         if not os.path.isfile(self.path):
             raise FileNotFoundError(f"video: no such file: {self.path!r}")
         self._tc = _torchcodec_decoder(self.path)
@@ -86,6 +94,11 @@ class VideoReader:
         except av.FFmpegError as e:
             raise ValueError(f"video: {self.path!r} is not a readable video ({e})") from None
 
+    def plan(self, indices, height: int, width: int) -> None:
+        """Announce every frame (at one size) that later :meth:`get_frames` calls will ask for."""
+        self._uses = collections.Counter(int(i) for i in indices)
+        self._size = (height, width)
+
     def get_frames(self, indices, height: int, width: int) -> torch.Tensor:
         """Decode frames ``indices`` resized to ``height`` x ``width``.
 
@@ -114,34 +127,59 @@ class VideoReader:
         import av
         if self._av is None:
             self._av = av.open(self.path)
-            self._stream = self._av.streams.video[0]
-            self._stream.thread_type = "AUTO"
+            s = self._av.streams.video[0]
+            start = s.start_time or 0
+            # Keyframe index from a demux pass (no decoding): decides seek vs decode-forward.
+            self._keyframes = sorted({self._frame_index(p.pts, s, start) for p in self._av.demux(s)
+                                      if p.is_keyframe and p.pts is not None}) or [0]
+            self._stream, self._start = s, start
+            s.thread_type = "AUTO"
             self._iter = None
             self._next = 0  # index of the frame the open iterator yields next
-        s = self._stream
-        tb = s.time_base
-        start = s.start_time or 0
-        fps = Fraction(self.info.fps).limit_denominator(1001000)
+        s, start = self._stream, self._start
         out = torch.empty((len(indices), 3, height, width), dtype=torch.uint8)
+        caching = self.cache_bytes > 0 and getattr(self, "_size", None) == (height, width)
+        frame_bytes = 3 * height * width
         for n, target in enumerate(indices):
-            # Decode forward when the target is close ahead, else seek to the keyframe before it.
-            if self._iter is None or not (self._next <= target < self._next + 64):
-                pts = start + int(Fraction(target) / fps / tb)
-                self._av.seek(max(pts, start), stream=s, backward=True, any_frame=False)
+            if caching:
+                self._uses[target] -= 1
+                if target in self._cache:
+                    out[n] = self._cache[target] if self._uses[target] > 0 else self._cache.pop(target)
+                    continue
+            # Decode forward when already past the keyframe before the target, or when the
+            # frames on the way can be cached for later calls; else seek to that keyframe.
+            kf = self._keyframes[max(0, bisect.bisect_right(self._keyframes, target) - 1)]
+            room = caching and (len(self._cache) + 1) * frame_bytes <= self.cache_bytes
+            if self._iter is None or not (0 <= self._next <= target and (kf <= self._next or room)):
+                pts = start + int(Fraction(kf) / Fraction(self.info.fps).limit_denominator(1001000) / s.time_base)
+                self._av.seek(pts, stream=s, backward=True, any_frame=False)
                 self._iter = self._av.decode(s)
                 self._next = -1
             last = None
             for frame in self._iter:
-                idx = int(round(float((frame.pts - start) * tb) * self.info.fps)) if frame.pts is not None else self._next
+                idx = self._frame_index(frame.pts, s, start) if frame.pts is not None else self._next
                 self._next = idx + 1
                 last = frame
                 if idx >= target:
                     break
+                if (caching and self._uses[idx] > 0 and idx not in self._cache
+                        and (len(self._cache) + 1) * frame_bytes <= self.cache_bytes):
+                    self._cache[idx] = self._rgb(frame, height, width)
             if last is None:
                 raise ValueError(f"video: frame {target} of {self.path!r} could not be decoded")
-            img = last.reformat(width=width, height=height, format="rgb24", interpolation="BICUBIC")
-            out[n] = torch.from_numpy(img.to_ndarray()).permute(2, 0, 1)
+            out[n] = self._rgb(last, height, width)
         return out
+
+    def _rgb(self, frame, height, width) -> torch.Tensor:
+        if getattr(self, "_reformatter", None) is None:  # one scaler context for all frames
+            from av.video.reformatter import VideoReformatter
+            self._reformatter = VideoReformatter()
+        img = self._reformatter.reformat(frame, width=width, height=height, format="rgb24",
+                                         interpolation="BICUBIC")
+        return torch.from_numpy(img.to_ndarray()).permute(2, 0, 1)
+
+    def _frame_index(self, pts, stream, start) -> int:
+        return int(round(float((pts - start) * stream.time_base) * self.info.fps))
 
     def close(self):
         if self._av is not None:

@@ -188,6 +188,8 @@ def test_lite_stops_at_first_group_under_threshold(tiny_dir, bikes):
     never = _pipeline(tiny_dir, lite=True, stop_threshold=0.0, **SMALL).answer(
         bikes, QUESTION, OPTIONS, progress=False)
     assert never.stopped_after_group is None and len(never.groups) == len(H)
+    forced = _pipeline(tiny_dir, force_stop_after=2, **SMALL).answer(bikes, QUESTION, OPTIONS, progress=False)
+    assert forced.stopped_after_group == 1 and sum(g.budget for g in forced.groups) == SMALL["budget"]
 
 
 def test_redundancy_removal_drops_repeated_frames(tiny_dir, bikes, tmp_path):
@@ -269,6 +271,18 @@ def test_video_reader_seeks_exact_frames(bikes):
                                                     interpolation="BICUBIC").to_ndarray()).permute(2, 0, 1)
                         for f in ref])
     assert torch.equal(got, want)
+
+
+def test_video_reader_cache_gives_the_same_frames(bikes):
+    """Interleaved requests through the decode cache return exactly the uncached frames."""
+    from adapttoken_ext.selection import make_groups
+    idx = sample_frame_indices(250, 120, 2)
+    plain, cached = VideoReader(bikes), VideoReader(bikes, cache_bytes=1 << 30)
+    cached.plan(idx, 48, 112)
+    for units in make_groups(60, 8, "interleaved"):
+        f = [idx[u * 2 + j] for u in units for j in range(2)]
+        assert torch.equal(cached.get_frames(f, 48, 112), plain.get_frames(f, 48, 112))
+    assert not cached._cache  # every cached frame was handed out and released
 
 
 def test_sample_frame_indices():

