@@ -95,6 +95,9 @@ def main(argv=None) -> int:
     from .pipeline import AdaptToken
     from .video import sample_video
     demo = args.command == "demo"
+    if args.quiet:
+        from transformers.utils import logging as hf_logging
+        hf_logging.disable_progress_bar()
     try:
         config = _config(args, demo).validate()
         if demo:

@@ -151,7 +151,7 @@ def child(args) -> None:
     from adapttoken_ext.selection import make_groups
     cache = Path(args.cache)
     adapter = load_adapter(args.model, args.device, cache)
-    cfg = dict(frames=args.frame_count)
+    cfg = dict(frames=args.frame_count, decode_cache_mb=args.decode_cache_mb)
     if args.model == "tiny":
         cfg.update(max_pixels=112 * 224, units_per_group=16, budget=256)
     if args.variant == "lite":
@@ -181,7 +181,8 @@ def run_variant(variant, frames, video, args) -> dict:
     if variant == "reference":
         env["ADAPTTOKEN_DISABLE_EXT"] = "1"
     cmd = [sys.executable, __file__, "--child", "--variant", variant, "--frame-count", str(frames),
-           "--video", video, "--model", args.model, "--device", args.device, "--cache", args.cache]
+           "--video", video, "--model", args.model, "--device", args.device, "--cache", args.cache,
+           "--decode-cache-mb", str(args.decode_cache_mb)]
     p = subprocess.run(cmd, env=env, capture_output=True, text=True)
     line = next((ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")), None)
     if line is None:
@@ -271,6 +272,8 @@ def main():
     ap.add_argument("--frames", type=int, nargs="+", default=None)
     ap.add_argument("--variants", nargs="+", default=["kernels", "reference", "lite", "unpruned"])
     ap.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "adapttoken_bench"))
+    ap.add_argument("--decode-cache-mb", type=int, default=1024,
+                    help="AdaptTokenConfig.decode_cache_mb (0: decode each group from the file)")
     ap.add_argument("--tag", default=None, help="results file name (default: <device>_pipeline)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--variant", help=argparse.SUPPRESS)
@@ -312,7 +315,7 @@ def main():
     RESULTS.mkdir(exist_ok=True)
     tag = args.tag or f"{args.device}_pipeline"
     env = environment(args.device)
-    env.update(model=args.model, video=f"{n} frames concatenated from bikes.mp4 + bigbuckbunny.mp4",
+    env.update(model=args.model, decode_cache_mb=args.decode_cache_mb, video=f"{n} frames concatenated from bikes.mp4 + bigbuckbunny.mp4",
                lite_note="Lite's stop is forced after half of the groups (random weights)",
                overhead_stages=list(OVERHEAD))
     (RESULTS / f"{tag}.json").write_text(json.dumps(

@@ -76,8 +76,10 @@ class Qwen2_5_VLAdapter:
         from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
         if dtype is None:
             dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+        from transformers.utils import is_flash_attn_2_available
+        attn = "flash_attention_2" if torch.device(device).type == "cuda" and is_flash_attn_2_available() else "sdpa"
         model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-            name_or_path, dtype=dtype, attn_implementation="sdpa").to(device)
+            name_or_path, dtype=dtype, attn_implementation=attn).to(device)
         tok = AutoTokenizer.from_pretrained(name_or_path)
         if tok.chat_template is None:  # older checkpoints keep it beside the processor
             tok.chat_template = _load_json(name_or_path, "chat_template.json").get("chat_template")
