@@ -8,7 +8,7 @@
 #include <tuple>
 #include <vector>
 
-#include "checks.h"
+#include "bindings.h"
 #include "kernels/cpu/attention_scores.h"
 #include "kernels/cpu/segmented_topk.h"
 #include "kernels/cpu/softmax_entropy.h"
@@ -22,16 +22,6 @@ struct TorchParallelFor {
     torch::stable::parallel_for(begin, end, grain, f);
   }
 };
-
-template <typename Fn>
-void dispatch_float(ScalarType s, Fn&& fn) {
-  switch (s) {
-    case ScalarType::Float: fn(float{}); break;
-    case ScalarType::BFloat16: fn(bf16_t{}); break;
-    case ScalarType::Half: fn(fp16_t{}); break;
-    default: throw std::invalid_argument("adapttoken: unsupported dtype");
-  }
-}
 
 void check_cpu(const char* op, const Tensor& t, const char* name) {
   ADAPTTOKEN_CHECK(t.is_cpu(), op, name, " must be a CPU tensor for the CPU kernel");
@@ -49,16 +39,8 @@ void run_attention_scores(const AttentionShape& s, const Tensor& query, const Te
                           int64_t query_start, int64_t visual_start, int64_t visual_end,
                           double scale, const std::string& reduce, float* out) {
   cpu::AttentionScoresParams p{};
-  p.query = query.const_data_ptr();
-  p.key = key.const_data_ptr();
-  p.out = out;
-  p.B = s.B, p.Hq = s.Hq, p.Hkv = s.Hkv, p.Lq = s.Lq, p.Lk = s.Lk, p.D = s.D;
-  for (int i = 0; i < 4; ++i) p.q_stride[i] = query.stride(i), p.k_stride[i] = key.stride(i);
-  p.query_start = query_start;
-  p.visual_start = visual_start;
-  p.visual_end = visual_end;
-  p.scale = float(scale);
-  p.mean = reduce == "mean";
+  fill_attention_params(p, s, query, key, query_start, visual_start, visual_end, scale, reduce,
+                        out);
   dispatch_float(query.scalar_type(), [&](auto tag) {
     cpu::attention_scores<decltype(tag)>(p, TorchParallelFor{});
   });
@@ -120,28 +102,14 @@ std::tuple<Tensor, Tensor> segmented_topk(Tensor scores, Tensor offsets, Tensor 
 
 Tensor softmax_entropy(Tensor logits, std::optional<Tensor> index, double temperature) {
   const char* op = "softmax_entropy";
-  ADAPTTOKEN_CHECK(logits.dim() >= 1, op, "logits must have at least 1 dimension [..., V]");
-  check_float(op, logits, "logits");
+  const int64_t V = check_softmax_entropy(op, logits, index, temperature);
   check_cpu(op, logits, "logits");
-  const int64_t V = logits.size(logits.dim() - 1);
-  ADAPTTOKEN_CHECK(V > 0, op, "logits must have a non-empty last dimension, got shape ",
-                   shape_str(logits));
-  ADAPTTOKEN_CHECK(std::isfinite(temperature) && temperature > 0, op,
-                   "temperature must be finite and > 0, got ", temperature);
   std::vector<int64_t> idx;
   if (index.has_value()) {
-    check_rank(op, *index, "index", 1, "[K]");
-    check_dtype(op, *index, "index", ScalarType::Long);
-    check_same_device(op, logits, "logits", *index, "index");
-    ADAPTTOKEN_CHECK(index->size(0) > 0, op, "index must not be empty");
     idx = host_longs(*index);
-    for (int64_t i : idx)
-      ADAPTTOKEN_CHECK(0 <= i && i < V, op, "index holds ", i, ", out of range [0, ", V,
-                       ") for logits' last dimension");
+    check_index_values(op, idx, V);
   }
-  std::vector<int64_t> out_shape;
-  for (int64_t d = 0; d + 1 < logits.dim(); ++d) out_shape.push_back(logits.size(d));
-  Tensor out = torch::stable::new_empty(logits, out_shape, ScalarType::Float);
+  Tensor out = torch::stable::new_empty(logits, leading_shape(logits), ScalarType::Float);
   const Tensor rows = torch::stable::reshape(logits, {-1, V});  // a view when possible
   cpu::SoftmaxEntropyParams p{};
   p.logits = rows.const_data_ptr();
@@ -165,19 +133,10 @@ std::tuple<Tensor, Tensor> select(Tensor query, Tensor key, int64_t query_start,
   const char* op = "select";
   const AttentionShape s = check_attention(op, query, key, query_start, scale, reduce);
   check_cpu(op, query, "query");
-  ADAPTTOKEN_CHECK(s.B == 1, op, "query and key must have batch size 1, got ", s.B);
-  check_segment_tensors(op, visual_offsets, "visual_offsets", budgets, "budgets");
-  check_same_device(op, query, "query", visual_offsets, "visual_offsets");
-  check_same_device(op, query, "query", budgets, "budgets");
+  const int64_t G = check_select(op, s, query, visual_offsets, budgets);
   std::vector<int64_t> off = host_longs(visual_offsets);
   const std::vector<int64_t> kk = host_longs(budgets);
-  const int64_t G = int64_t(kk.size()), v0 = off[0], v1 = off[G];
-  ADAPTTOKEN_CHECK(0 <= v0 && v0 < v1 && v1 <= s.Lk, op,
-                   "visual_offsets must satisfy 0 <= visual_offsets[0] < visual_offsets[-1] <= ",
-                   s.Lk, " (key length), got ", v0, " and ", v1);
-  const int64_t total =
-      check_segment_values(op, off.data(), "visual_offsets", kk.data(), "budgets", G, v0, v1,
-                           "its own first and last entries");
+  const auto [v0, v1, total] = check_select_values(op, off, kk, G, s.Lk);
   std::vector<float> scores(size_t(v1 - v0));
   run_attention_scores(s, query, key, query_start, v0, v1, scale, reduce, scores.data());
   for (int64_t& o : off) o -= v0;

@@ -14,24 +14,13 @@
 #include <tuple>
 #include <vector>
 
-#include "checks.h"
-#include "kernels/common.h"
+#include "bindings.h"
 #include "kernels/cuda/attention_scores.cuh"
 #include "kernels/cuda/segmented_topk.cuh"
 #include "kernels/cuda/softmax_entropy.cuh"
 
 namespace adapttoken {
 namespace {
-
-template <typename Fn>
-void dispatch_float(ScalarType s, Fn&& fn) {
-  switch (s) {
-    case ScalarType::Float: fn(float{}); break;
-    case ScalarType::BFloat16: fn(bf16_t{}); break;
-    case ScalarType::Half: fn(fp16_t{}); break;
-    default: throw std::invalid_argument("adapttoken: unsupported dtype");
-  }
-}
 
 void check_cuda(const char* op, const Tensor& t, const char* name) {
   ADAPTTOKEN_CHECK(t.is_cuda(), op, name, " must be a CUDA tensor for the CUDA kernel");
@@ -73,16 +62,8 @@ void run_attention_scores(const AttentionShape& s, const Tensor& query, const Te
                           double scale, const std::string& reduce, float* out,
                           cudaStream_t stream, const char* op) {
   cuda::AttentionScoresParams p{};
-  p.query = query.const_data_ptr();
-  p.key = key.const_data_ptr();
-  p.out = out;
-  p.B = s.B, p.Hq = s.Hq, p.Hkv = s.Hkv, p.Lq = s.Lq, p.Lk = s.Lk, p.D = s.D;
-  for (int i = 0; i < 4; ++i) p.q_stride[i] = query.stride(i), p.k_stride[i] = key.stride(i);
-  p.query_start = query_start;
-  p.visual_start = visual_start;
-  p.visual_end = visual_end;
-  p.scale = float(scale);
-  p.mean = reduce == "mean";
+  fill_attention_params(p, s, query, key, query_start, visual_start, visual_end, scale, reduce,
+                        out);
   Tensor ws = workspace(query, cuda::attention_scores_workspace_bytes(p));
   p.workspace = ws.mutable_data_ptr();
   dispatch_float(query.scalar_type(), [&](auto tag) {
@@ -155,30 +136,16 @@ std::tuple<Tensor, Tensor> segmented_topk(Tensor scores, Tensor offsets, Tensor 
 
 Tensor softmax_entropy(Tensor logits, std::optional<Tensor> index, double temperature) {
   const char* op = "softmax_entropy";
-  ADAPTTOKEN_CHECK(logits.dim() >= 1, op, "logits must have at least 1 dimension [..., V]");
-  check_float(op, logits, "logits");
+  const int64_t V = check_softmax_entropy(op, logits, index, temperature);
   check_cuda(op, logits, "logits");
-  const int64_t V = logits.size(logits.dim() - 1);
-  ADAPTTOKEN_CHECK(V > 0, op, "logits must have a non-empty last dimension, got shape ",
-                   shape_str(logits));
-  ADAPTTOKEN_CHECK(std::isfinite(temperature) && temperature > 0, op,
-                   "temperature must be finite and > 0, got ", temperature);
   torch::stable::accelerator::DeviceGuard guard(logits.get_device_index());
   const cudaStream_t stream = current_stream(logits);
   std::optional<Tensor> idx;
   if (index.has_value()) {
-    check_rank(op, *index, "index", 1, "[K]");
-    check_dtype(op, *index, "index", ScalarType::Long);
-    check_same_device(op, logits, "logits", *index, "index");
-    ADAPTTOKEN_CHECK(index->size(0) > 0, op, "index must not be empty");
     idx = torch::stable::contiguous(*index);
-    for (int64_t i : host_longs({&*idx}, stream, op)[0])  // validation needs the values
-      ADAPTTOKEN_CHECK(0 <= i && i < V, op, "index holds ", i, ", out of range [0, ", V,
-                       ") for logits' last dimension");
+    check_index_values(op, host_longs({&*idx}, stream, op)[0], V);  // needs the values: a sync
   }
-  std::vector<int64_t> out_shape;
-  for (int64_t d = 0; d + 1 < logits.dim(); ++d) out_shape.push_back(logits.size(d));
-  Tensor out = torch::stable::new_empty(logits, out_shape, ScalarType::Float);
+  Tensor out = torch::stable::new_empty(logits, leading_shape(logits), ScalarType::Float);
   const Tensor rows = torch::stable::reshape(logits, {-1, V});
   cuda::SoftmaxEntropyParams p{};
   p.logits = rows.const_data_ptr();
@@ -213,19 +180,11 @@ std::tuple<Tensor, Tensor> select(Tensor query, Tensor key, int64_t query_start,
                                   std::string reduce) {
   const char* op = "select";
   const AttentionShape s = check_attention_cuda(op, query, key, query_start, scale, reduce);
-  ADAPTTOKEN_CHECK(s.B == 1, op, "query and key must have batch size 1, got ", s.B);
-  const int64_t G = check_segment_tensors(op, visual_offsets, "visual_offsets", budgets, "budgets");
-  check_same_device(op, query, "query", visual_offsets, "visual_offsets");
-  check_same_device(op, query, "query", budgets, "budgets");
+  const int64_t G = check_select(op, s, query, visual_offsets, budgets);
   torch::stable::accelerator::DeviceGuard guard(query.get_device_index());
   const cudaStream_t stream = current_stream(query);
   const auto host = host_longs({&visual_offsets, &budgets}, stream, op);  // the one host sync
-  const int64_t v0 = host[0][0], v1 = host[0][size_t(G)];
-  ADAPTTOKEN_CHECK(0 <= v0 && v0 < v1 && v1 <= s.Lk, op,
-                   "visual_offsets must satisfy 0 <= visual_offsets[0] < visual_offsets[-1] <= ",
-                   s.Lk, " (key length), got ", v0, " and ", v1);
-  const int64_t total = check_segment_values(op, host[0].data(), "visual_offsets", host[1].data(),
-                                             "budgets", G, v0, v1, "its own first and last entries");
+  const auto [v0, v1, total] = check_select_values(op, host[0], host[1], G, s.Lk);
   Tensor scores = torch::stable::new_empty(query, {v1 - v0}, ScalarType::Float);
   run_attention_scores(s, query, key, query_start, v0, v1, scale, reduce,
                        static_cast<float*>(scores.mutable_data_ptr()), stream, op);
