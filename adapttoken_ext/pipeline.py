@@ -276,17 +276,7 @@ class AdaptToken:
             logits, past = ad.forward(emb, pos, use_cache=True, logits_to_keep=1)
         with timer("generate"):
             max_new = cfg.max_new_tokens or (16 if letters else 128)
-            rope_delta = int(pos.max()) + 1 - pos.shape[1]  # decode offset (rope_deltas)
-            out_ids = []
-            for step in range(max_new):
-                nxt = int(logits[-1].argmax())
-                if nxt in ad.eos_token_ids:
-                    break
-                out_ids.append(nxt)
-                if step + 1 == max_new:
-                    break
-                p = torch.full((3, 1), pos.shape[1] + step + rope_delta, dtype=torch.long)
-                logits, past = ad.forward(ad.embed([nxt]), p, past_key_values=past, use_cache=True)
+            out_ids = greedy_decode(ad, logits, past, pos, max_new)
             answer = ad.decode(out_ids).strip()
         del past
 
@@ -301,6 +291,28 @@ class AdaptToken:
                                 budget=cfg.budget, selected_tokens=tokens,
                                 stopped_after_group=stopped, timings_s=timings,
                                 peak_memory_bytes=mem, tiny_model=self.tiny, grid=(rows, cols))
+
+
+def greedy_decode(adapter, logits, past, positions, max_new_tokens: int) -> list[int]:
+    """Greedy generation after a prefill (method.md step 9).
+
+    ``logits``/``past`` come from the prefill of ``positions`` ``[3, L]``; generated
+    tokens continue at ``L + step + rope_deltas`` with ``rope_deltas = max position + 1 - L``,
+    so pruned (non-contiguous) positions decode correctly. Stops at an EOS token.
+    """
+    L = positions.shape[1]
+    rope_delta = int(positions.max()) + 1 - L
+    out = []
+    for step in range(max_new_tokens):
+        nxt = int(logits[-1].argmax())
+        if nxt in adapter.eos_token_ids:
+            break
+        out.append(nxt)
+        if step + 1 == max_new_tokens:
+            break
+        p = torch.full((3, 1), L + step + rope_delta, dtype=torch.long)
+        logits, past = adapter.forward(adapter.embed([nxt]), p, past_key_values=past, use_cache=True)
+    return out
 
 
 def _progress(it, enabled, **kw):

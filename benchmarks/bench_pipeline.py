@@ -98,6 +98,8 @@ def load_adapter(model: str, device: str, cache: Path):
 def unpruned(adapter, video: str, config) -> dict:
     """Baseline: all sampled frames' visual tokens in one prefill, then greedy decoding."""
     import torch
+    from adapttoken_ext.config import MC_INSTRUCTION
+    from adapttoken_ext.pipeline import greedy_decode
     from adapttoken_ext.selection import make_groups
     from adapttoken_ext.video import VideoReader, sample_frame_indices
     t = {s: 0.0 for s in STAGES}
@@ -122,22 +124,12 @@ def unpruned(adapter, video: str, config) -> dict:
         for units in make_groups(U, config.units_per_group, "contiguous"):
             fr = timed("decode", lambda: r.get_frames(idx[units[0] * 2:(units[-1] + 1) * 2], H, W))
             vis.append(timed("vision_encoder", lambda: adapter.encode_video(fr.to(adapter.device))))
-    pre, suf = adapter.prompt_ids(QUESTION, OPTIONS, "Answer with the option's letter from the given choices directly.")
+    pre, suf = adapter.prompt_ids(QUESTION, OPTIONS, MC_INSTRUCTION)
     emb = torch.cat([adapter.embed(pre), *vis, adapter.embed(suf)])
     del vis
     pos = adapter.position_ids(len(pre), U, rows, cols, len(suf), spu)
     logits, past = timed("final_prefill", lambda: adapter.forward(emb, pos, use_cache=True))
-    delta = int(pos.max()) + 1 - pos.shape[1]
-
-    def gen():
-        nonlocal logits, past
-        for step in range(16):
-            nxt = int(logits[-1].argmax())
-            if nxt in adapter.eos_token_ids:
-                break
-            p = torch.full((3, 1), pos.shape[1] + step + delta, dtype=torch.long)
-            logits, past = adapter.forward(adapter.embed([nxt]), p, past_key_values=past, use_cache=True)
-    timed("generate", gen)
+    timed("generate", lambda: greedy_decode(adapter, logits, past, pos, 16))
     t["total"] = time.perf_counter() - t_all
     return {"timings_s": t, "groups": 1, "selected": U * rows * cols}
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from adapttoken_ext import AdaptToken, AdaptTokenConfig
+from adapttoken_ext.config import MC_INSTRUCTION
 from adapttoken_ext.models.qwen2_5_vl import Qwen2_5_VLAdapter
 from adapttoken_ext.models.tiny import build_tiny_model
 from adapttoken_ext.video import VideoReader, sample_frame_indices, sample_video
@@ -121,8 +122,7 @@ def test_keep_all_reproduces_unpruned_logits(tiny_dir, bikes):
         frames = r.get_frames(res.frames, H, W)
         spu = r.info.duration_s * 2 / len(res.frames)
     pv, grid = ad.pixel_values(frames)
-    pre, suf = ad.prompt_ids(QUESTION, OPTIONS, at.config.instruction or
-                             "Answer with the option's letter from the given choices directly.")
+    pre, suf = ad.prompt_ids(QUESTION, OPTIONS, MC_INSTRUCTION)
     n = int(grid.prod()) // 4
     ids = torch.tensor([pre + [ad.video_token_id] * n + suf])
     with torch.no_grad():
@@ -141,7 +141,7 @@ def test_kept_tokens_keep_unpruned_positions(tiny_dir, bikes):
     pos = [c for c in spy.calls if c.get("use_cache")][0]["pos"]
     rows, cols = res.grid
     U, tpu = len(res.frames) // 2, rows * cols
-    pre, suf = ad.prompt_ids(QUESTION, OPTIONS, "Answer with the option's letter from the given choices directly.")
+    pre, suf = ad.prompt_ids(QUESTION, OPTIONS, MC_INSTRUCTION)
     P = len(pre)
     with VideoReader(bikes) as r:
         spu = r.info.duration_s * 2 / len(res.frames)
