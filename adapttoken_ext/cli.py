@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -11,14 +12,31 @@ DEMO_QUESTION = "What are the people in the video doing?"
 DEMO_OPTIONS = ["A. Riding bikes", "B. Cooking dinner", "C. Playing chess", "D. Swimming"]
 
 
+_DTYPES = {"auto": None, "float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+
+
+def _device_map(text):
+    """``--device-map``: ``auto`` or a JSON object; ValueError naming the flag otherwise."""
+    if text is None or text == "auto":
+        return text
+    try:
+        m = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--device-map: not 'auto' nor a JSON object ({e})") from None
+    if not isinstance(m, dict):
+        raise ValueError("--device-map: must be 'auto' or a JSON object of module name to device")
+    return m
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="adapttoken", description=(
         "AdaptToken: entropy-guided visual-token selection for long-video question answering."))
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp):
-        sp.add_argument("--model", default=None, help="hub id or local path of a Qwen2.5-VL "
-                        "checkpoint (default: the offline tiny model with random weights)")
+        sp.add_argument("--model", default=None, help="hub id or local path of a supported "
+                        "checkpoint (model_type qwen2_5_vl; default: the offline tiny model with "
+                        "random weights)")
         sp.add_argument("--frames", type=int, default=None, help="frames sampled (method.md step 0)")
         sp.add_argument("--budget", type=int, default=None, help="visual tokens kept (step 5)")
         sp.add_argument("--units-per-group", type=int, default=None, help="units per group (step 1)")
@@ -26,7 +44,16 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--lite", action="store_true", help="AdaptToken-Lite early stop (step 8)")
         sp.add_argument("--json", metavar="OUT", help="write the result as JSON")
         sp.add_argument("--plot", metavar="OUT.png", help="plot entropy, budgets and selected tokens")
-        sp.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+        sp.add_argument("--device", default="cpu", help="device of the whole model, e.g. cpu, "
+                        "cuda, cuda:1 (ignored with --device-map)")
+        sp.add_argument("--device-map", default=None, metavar="MAP", help='split the model across '
+                        'devices: "auto", or a JSON object of module name to device, e.g. '
+                        '\'{"model.visual": 0, "model.language_model": 1, "lm_head": 1}\'')
+        sp.add_argument("--dtype", default="auto", choices=sorted(_DTYPES), help="weights' dtype "
+                        "(auto: bfloat16 on CUDA, float32 on CPU)")
+        sp.add_argument("--attn-implementation", default=None, metavar="NAME", help="attention "
+                        "backend: sdpa, flash_attention_2, eager, ... (default: flash_attention_2 "
+                        "on CUDA when installed, else sdpa)")
         sp.add_argument("--quiet", action="store_true", help="no progress bar")
 
     a = sub.add_parser("answer", help="answer a question about a video")
@@ -100,17 +127,24 @@ def main(argv=None) -> int:
         hf_logging.disable_progress_bar()
     try:
         config = _config(args, demo).validate()
+        for flag, path in (("--json", args.json), ("--plot", args.plot)):
+            if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+                raise ValueError(f"{flag}: no such directory for {path!r}")
         if demo:
             video, question, options = str(sample_video("bikes.mp4")), DEMO_QUESTION, DEMO_OPTIONS
         else:
             video, question, options = args.video, args.question, args.options
             if not os.path.isfile(video):
                 raise FileNotFoundError(f"--video: no such file: {video!r}")
-        at = AdaptToken.from_pretrained(args.model, config=config, device=args.device)
+        import torch
+        dtype = _DTYPES[args.dtype] and getattr(torch, _DTYPES[args.dtype])
+        at = AdaptToken.from_pretrained(args.model, config=config, device=args.device, dtype=dtype,
+                                        device_map=_device_map(args.device_map),
+                                        attn_implementation=args.attn_implementation)
         if at.tiny:
             print(TINY_WARNING, file=sys.stderr)
         result = at.answer(video, question, options, progress=not args.quiet)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError, ImportError) as e:  # bad input, missing file, checkpoint or backend
         print(f"adapttoken: error: {e}", file=sys.stderr)
         return 2
     if demo:

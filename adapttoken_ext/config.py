@@ -53,7 +53,9 @@ class AdaptTokenConfig:
     are given, nothing otherwise."""
 
     def validate(self) -> "AdaptTokenConfig":
-        """Raise ValueError naming the first bad field."""
+        """Raise ValueError naming the first bad field. Checks that need the video or the
+        model (``per_group_floor`` against the groups, ``reference_layer`` against the layers)
+        run in ``stages.make_plan`` and ``AdaptToken()``, still before any group pass."""
         def positive(name):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
@@ -68,10 +70,14 @@ class AdaptTokenConfig:
             raise ValueError(f"entropy_mode: must be 'auto', 'options' or 'vocab', got {self.entropy_mode!r}")
         if not self.temperature > 0:
             raise ValueError(f"temperature: must be > 0, got {self.temperature}")
-        if self.decode_cache_mb < 0:
-            raise ValueError(f"decode_cache_mb: must be >= 0, got {self.decode_cache_mb}")
-        if self.per_group_floor < 0:
-            raise ValueError(f"per_group_floor: must be >= 0, got {self.per_group_floor}")
+        for name in ("decode_cache_mb", "per_group_floor"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ValueError(f"{name}: must be an integer >= 0, got {v!r}")
+        if not isinstance(self.lite, bool):
+            raise ValueError(f"lite: must be True or False, got {self.lite!r}")
+        if self.instruction is not None and not isinstance(self.instruction, str):
+            raise ValueError(f"instruction: must be a string or None, got {self.instruction!r}")
         if self.redundancy_threshold is not None and not -1.0 <= self.redundancy_threshold <= 1.0:
             raise ValueError(f"redundancy_threshold: must be in [-1, 1] or None, got {self.redundancy_threshold}")
         if self.stop_threshold is not None and not self.stop_threshold >= 0:
@@ -80,8 +86,9 @@ class AdaptTokenConfig:
             positive("max_new_tokens")
         if self.force_stop_after is not None:
             positive("force_stop_after")
-        if self.reference_layer is not None and self.reference_layer < 0:
-            raise ValueError(f"reference_layer: must be >= 0, got {self.reference_layer}")
+        if self.reference_layer is not None and (not isinstance(self.reference_layer, int)
+                                                 or self.reference_layer < 0):
+            raise ValueError(f"reference_layer: must be an integer >= 0 or None, got {self.reference_layer!r}")
         return self
 
     def to_dict(self) -> dict:

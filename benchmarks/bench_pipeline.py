@@ -96,42 +96,32 @@ def load_adapter(model: str, device: str, cache: Path):
 
 
 def unpruned(adapter, video: str, config) -> dict:
-    """Baseline: all sampled frames' visual tokens in one prefill, then greedy decoding."""
-    import torch
-    from adapttoken_ext.config import MC_INSTRUCTION
-    from adapttoken_ext.pipeline import greedy_decode
-    from adapttoken_ext.selection import make_groups
-    from adapttoken_ext.video import VideoReader, sample_frame_indices
-    t = {s: 0.0 for s in STAGES}
-    cuda = adapter.device.type == "cuda"
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    """Baseline: all sampled frames' visual tokens in one prefill, then greedy decoding,
+    through the same stages as AdaptToken (plan, encoding, final pass) minus the selection."""
+    import dataclasses
 
-    def timed(stage, fn):
-        sync()
-        t0 = time.perf_counter()
-        out = fn()
-        sync()
-        t[stage] += time.perf_counter() - t0
-        return out
+    import torch
+    from adapttoken_ext import stages
+    from adapttoken_ext.models.base import Visual
+    from adapttoken_ext.video import VideoReader
+    timer = stages.Timer(adapter.input_device.type == "cuda")
     t_all = time.perf_counter()
+    config = dataclasses.replace(config, group_layout="contiguous")
     with VideoReader(video) as r:
-        idx = sample_frame_indices(r.info.num_frames, config.frames, adapter.unit)
-        H, W = adapter.frame_size(r.info.height, r.info.width, config.max_pixels)
-        rows, cols = adapter.unit_grid(H, W)
-        U = len(idx) // adapter.unit
-        spu = r.info.duration_s * adapter.unit / len(idx)
-        vis = []
-        for units in make_groups(U, config.units_per_group, "contiguous"):
-            fr = timed("decode", lambda: r.get_frames(idx[units[0] * 2:(units[-1] + 1) * 2], H, W))
-            vis.append(timed("vision_encoder", lambda: adapter.encode_video(fr.to(adapter.device))))
-    pre, suf = adapter.prompt_ids(QUESTION, OPTIONS, MC_INSTRUCTION)
-    emb = torch.cat([adapter.embed(pre), *vis, adapter.embed(suf)])
-    del vis
-    pos = adapter.position_ids(len(pre), U, rows, cols, len(suf), spu)
-    logits, past = timed("final_prefill", lambda: adapter.forward(emb, pos, use_cache=True))
-    timed("generate", lambda: greedy_decode(adapter, logits, past, pos, 16))
+        plan = stages.make_plan(adapter, r.info, config, QUESTION, OPTIONS)
+        # on the host, as AdaptToken's kept tokens are, so the prefill holds the only device copy
+        vis = Visual.cat([_host(stages.encode_group(adapter, r, plan, g, timer).visual)
+                          for g in range(len(plan.groups))])
+    n = len(vis)
+    stages.final_pass(adapter, plan, torch.arange(n), vis, timer)
+    t = dict(timer.t)
     t["total"] = time.perf_counter() - t_all
-    return {"timings_s": t, "groups": 1, "selected": U * rows * cols}
+    return {"timings_s": t, "groups": 1, "selected": n}
+
+
+def _host(visual):
+    from adapttoken_ext.models.base import Visual
+    return Visual(visual.embeds.cpu(), {k: v.cpu() for k, v in visual.side.items()})
 
 
 def child(args) -> None:

@@ -1,5 +1,11 @@
-"""AdaptToken on the tiny Qwen2.5-VL and real sample videos (method.md steps 0-9)."""
+"""AdaptToken on the tiny Qwen2.5-VL and real sample videos (method.md steps 0-9).
+
+References are built without the code under test: transformers' processing rules
+(``smart_resize``, the image processor's ``patchify``, CLIP mean/std, the chat template
+with the placeholder expanded as the processor does), the model's own forward,
+``get_rope_index`` and ``generate``, PyAV decoding, ``torch.distributions``."""
 import json
+import math
 import os
 from fractions import Fraction
 
@@ -7,7 +13,7 @@ import av
 import pytest
 import torch
 
-from adapttoken_ext import AdaptToken, AdaptTokenConfig
+from adapttoken_ext import AdaptToken, AdaptTokenConfig, stages
 from adapttoken_ext.config import MC_INSTRUCTION
 from adapttoken_ext.models.qwen2_5_vl import Qwen2_5_VLAdapter
 from adapttoken_ext.models.tiny import build_tiny_model
@@ -38,16 +44,16 @@ def at(tiny_dir):
 
 
 class Spy:
-    """Records every adapter.forward call (inputs and returned logits)."""
+    """Records every adapter.prefill call (sequence, visual tokens, returned logits)."""
 
     def __init__(self, adapter):
-        self.calls, self._f = [], adapter.forward
-        adapter.forward = self
+        self.calls, self._f = [], adapter.prefill
+        adapter.prefill = self
 
-    def __call__(self, emb, pos, **kw):
-        logits, past = self._f(emb, pos, **kw)
-        self.calls.append(dict(emb=emb, pos=pos, logits=logits, **kw))
-        return logits, past
+    def __call__(self, seq, visual, use_cache=False):
+        logits, state = self._f(seq, visual, use_cache)
+        self.calls.append(dict(seq=seq, visual=visual, logits=logits, use_cache=use_cache))
+        return logits, state
 
 
 def _write_video(path, frames):
@@ -65,10 +71,72 @@ def _write_video(path, frames):
     return str(path)
 
 
+# ---- independent references (transformers' rules, PyAV) -------------------------------------
+
+DUP = dict(frames=64, max_pixels=112 * 224)  # every frame of dup_video: 32 units of 2 equal frames
+
+
+@pytest.fixture(scope="session")
+def dup_video(tmp_path_factory, bikes):
+    """32 distinct bikes frames at 84x168 (a size smart_resize keeps), each written twice, so
+    every 2-frame unit is a still and transformers' image patchify is its reference."""
+    with av.open(bikes) as c:
+        src = [f.to_ndarray(format="rgb24", width=168, height=84)
+               for i, f in enumerate(c.decode(video=0)) if i % 7 == 0][:32]
+    frames = torch.from_numpy(__import__("numpy").stack(src)).repeat_interleave(2, dim=0)
+    return _write_video(tmp_path_factory.mktemp("dup") / "dup.mp4", frames)
+
+
+def _decode_all(path):
+    with av.open(path) as c:
+        return [torch.from_numpy(f.to_ndarray(format="rgb24")) for f in c.decode(video=0)]
+
+
+def _hf_pixels(frames):
+    """transformers' rules: CLIP normalisation and the image processor's patchify, per
+    2-frame unit of equal frames; ``frames`` uint8 [T, H, W, 3]."""
+    from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    proc, out = Qwen2VLImageProcessorPil(), []
+    mean, std = torch.tensor(OPENAI_CLIP_MEAN)[:, None, None], torch.tensor(OPENAI_CLIP_STD)[:, None, None]
+    for u in range(0, len(frames), 2):
+        assert torch.equal(frames[u], frames[u + 1])
+        x = ((frames[u].permute(2, 0, 1).double() / 255 - mean) / std).float().numpy()
+        patches, gh, gw = proc.patchify(x, patch_size=14, merge_size=2, temporal_patch_size=2)
+        out.append(torch.from_numpy(patches.copy()))
+    return torch.cat(out), torch.tensor([[len(frames) // 2, gh, gw]])
+
+
+def _hf_inputs(tokenizer, model, frames, spu, question=QUESTION, options=OPTIONS):
+    """The unpruned model inputs as Qwen2.5-VL's processor builds them: chat template, the
+    video placeholder repeated grid/4 times, pixel values, grid, seconds per temporal patch."""
+    text = question + ("\n" + "\n".join(options) + "\n" + MC_INSTRUCTION if options else "")
+    msgs = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": text}]}]
+    ids = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
+    ids = list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "input_ids") else ids)
+    pv, grid = _hf_pixels(frames)
+    vid = model.config.video_token_id
+    i = ids.index(vid)
+    ids = ids[:i] + [vid] * (int(grid.prod()) // 4) + ids[i + 1:]
+    input_ids = torch.tensor([ids])
+    return dict(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                pixel_values_videos=pv, video_grid_thw=grid,
+                mm_token_type_ids=(input_ids == vid).int() * 2, second_per_grid_ts=torch.tensor([spu]))
+
+
+def _letter_entropy(logits, tokenizer):
+    """Step 4 by torch.distributions: each letter's probability sums its forms "A" and " A"."""
+    p = torch.softmax(logits.double(), -1)
+    forms = [[tokenizer.encode(t, add_special_tokens=False) for t in (x, " " + x)] for x in "ABCD"]
+    probs = torch.stack([sum(p[f[0]] for f in fs if len(f) == 1) for fs in forms])
+    return torch.distributions.Categorical(probs=probs / probs.sum()).entropy()
+
+
 # ---- model composition -------------------------------------------------------------------
 
 def test_pixel_values_match_transformers_patchify(at):
-    """Our video patchify equals transformers' Qwen2-VL processor layout on a still unit."""
+    """Our patchify equals transformers' on a still unit, on several units in order, and
+    puts frame t of a unit in the t-th block of each channel (the video processor's layout)."""
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
     img = torch.randint(0, 256, (3, 56, 112), dtype=torch.uint8)
     ours, grid = at.adapter.pixel_values(img[None].expand(2, -1, -1, -1))
@@ -77,60 +145,142 @@ def test_pixel_values_match_transformers_patchify(at):
     ref, gh, gw = proc.patchify(x, patch_size=14, merge_size=2, temporal_patch_size=2)
     assert grid.tolist() == [[1, gh, gw]]
     torch.testing.assert_close(ours, torch.from_numpy(ref.copy()), rtol=0, atol=1e-6)
+    stills = torch.randint(0, 256, (3, 56, 84, 3), dtype=torch.uint8).repeat_interleave(2, dim=0)
+    ours, grid = at.adapter.pixel_values(stills.permute(0, 3, 1, 2))
+    ref, ref_grid = _hf_pixels(stills)
+    assert grid.tolist() == ref_grid.tolist()
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-5)
+    two = torch.stack([torch.zeros(3, 28, 28), torch.full((3, 28, 28), 255.0)]).to(torch.uint8)
+    v = at.adapter.pixel_values(two)[0].view(4, 3, 2, 14 * 14)  # [patches, channel, t, pixels]
+    assert (v[:, :, 0] < 0).all() and (v[:, :, 1] > 0).all()
 
 
-def test_hook_scores_equal_eager_attentions(tiny_dir, bikes):
-    """Scores captured through the sdpa wrapper equal the eager output_attentions reduction."""
-    from transformers import Qwen2_5_VLForConditionalGeneration
-    ad = Qwen2_5_VLAdapter.from_pretrained(str(tiny_dir))
-    eager = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-        str(tiny_dir), attn_implementation="eager").eval()
-    layer = ad.default_reference_layer()
-    cap = ad.install_hook(layer)
-    with VideoReader(bikes) as r:
-        H, W = ad.frame_size(r.info.height, r.info.width, 112 * 224)
-        frames = r.get_frames(sample_frame_indices(r.info.num_frames, 8, 2), H, W)
-    vis = ad.encode_video(frames)
-    pre, suf = ad.prompt_ids(QUESTION, OPTIONS, None)
-    rows, cols = ad.unit_grid(H, W)
-    P, N = len(pre), vis.shape[0]
-    emb = torch.cat([ad.embed(pre), vis, ad.embed(suf)])
-    pos = ad.position_ids(P, 4, rows, cols, len(suf), 1.0)
-    for reduce in ("max", "mean"):
-        cap.arm(P + N, P, P + N, reduce)
-        ad.forward(emb, pos)
-        got = cap.take()[0]
-        with torch.no_grad():
-            out = eager(inputs_embeds=emb[None], position_ids=pos[:, None],
-                        attention_mask=torch.ones(1, emb.shape[0], dtype=torch.long),
-                        output_attentions=True)
-        a = out.attentions[layer][0, :, P + N:, P:P + N].double()  # [heads, text queries, visual keys]
-        want = a.amax(dim=(0, 1)) if reduce == "max" else a.mean(dim=(0, 1))
-        torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-6)
-
-
-def test_keep_all_reproduces_unpruned_logits(tiny_dir, bikes):
-    """Budget = all tokens, no redundancy removal, one group: the final pass is the unpruned model."""
-    at = _pipeline(tiny_dir, frames=16, max_pixels=112 * 224, units_per_group=64, budget=10**6,
-                   redundancy_threshold=None, max_new_tokens=1)
-    spy = Spy(at.adapter)
-    res = at.answer(bikes, QUESTION, OPTIONS, progress=False)
-    final = [c for c in spy.calls if c.get("use_cache")][0]
+def test_group_pass_matches_transformers_eager(tiny_dir, dup_video):
+    """The pipeline's own group pass (which rows are queries, compact positions, entropy)
+    against HF's eager forward of the group as a video: scores, logits and entropies."""
+    from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
+    at = _pipeline(tiny_dir, units_per_group=8, budget=40, **DUP)
     ad = at.adapter
-    with VideoReader(bikes) as r:
-        H, W = ad.frame_size(r.info.height, r.info.width, 112 * 224)
-        frames = r.get_frames(res.frames, H, W)
-        spu = r.info.duration_s * 2 / len(res.frames)
-    pv, grid = ad.pixel_values(frames)
-    pre, suf = ad.prompt_ids(QUESTION, OPTIONS, MC_INSTRUCTION)
-    n = int(grid.prod()) // 4
-    ids = torch.tensor([pre + [ad.video_token_id] * n + suf])
+    eager = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(tiny_dir), attn_implementation="eager").eval()
+    tok = AutoTokenizer.from_pretrained(str(tiny_dir))
+    frames = _decode_all(dup_video)
+    fps_group = len(frames) / (len(frames) / 25) / 4  # sampled every frame, 4 interleaved groups
+    with VideoReader(dup_video) as r:
+        for opts in (OPTIONS, None):
+            plan = stages.make_plan(ad, r.info, at.config, QUESTION, opts)
+            assert len(plan.groups) == 4
+            for g in (0, 3):
+                spy = Spy(ad)
+                enc = stages.encode_group(ad, r, plan, g)
+                res = stages.score_group(ad, at.capture, plan, enc, "max")
+                h, scores = res.entropy, res.scores
+                assert res.max_entropy == pytest.approx(math.log(4 if opts else len(tok)))
+                ad.prefill = spy._f
+                fr = torch.stack([frames[i] for i in plan.unit_frames(plan.groups[g])])
+                inp = _hf_inputs(tok, eager, fr, 2 / fps_group, QUESTION, opts)
+                with torch.no_grad():
+                    out = eager(**inp, output_attentions=True)
+                vid = (inp["input_ids"][0] == eager.config.video_token_id).nonzero().flatten()
+                vs, ve = int(vid[0]), int(vid[-1]) + 1
+                a = out.attentions[at.reference_layer][0, :, ve:, vs:ve].double()
+                torch.testing.assert_close(scores.double(), a.amax(dim=(0, 1)), rtol=1e-4, atol=1e-6)
+                torch.testing.assert_close(spy.calls[0]["logits"], out.logits[0, -1], rtol=1e-4, atol=1e-4)
+                want = (_letter_entropy(out.logits[0, -1], tok) if opts else
+                        torch.distributions.Categorical(logits=out.logits[0, -1].double()).entropy())
+                assert h == pytest.approx(float(want), rel=1e-4, abs=1e-6)
+
+
+def _hf_generate(tiny_dir, frames, spu, max_new):
+    from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(tiny_dir)).eval()
+    tok = AutoTokenizer.from_pretrained(str(tiny_dir))
+    inp = _hf_inputs(tok, model, frames, spu)
     with torch.no_grad():
-        ref = ad.model(input_ids=ids, pixel_values_videos=pv, video_grid_thw=grid,
-                       mm_token_type_ids=(ids == ad.video_token_id).int() * 2,
-                       second_per_grid_ts=torch.tensor([spu]), logits_to_keep=1).logits[0, -1]
-    assert len(res.selected_tokens) == n
-    torch.testing.assert_close(final["logits"][-1], ref, rtol=1e-4, atol=1e-4)
+        out = model.generate(**inp, max_new_tokens=max_new, do_sample=False)
+        logits = model(**inp).logits[0, -1]
+    return out[0, inp["input_ids"].shape[1]:].tolist(), logits, model, tok, inp
+
+
+def _capture_ids(monkeypatch):
+    got = []
+    real = stages.greedy_decode
+
+    def spy(*a, **k):
+        got.append(real(*a, **k))
+        return got[-1]
+    monkeypatch.setattr(stages, "greedy_decode", spy)
+    return got
+
+
+def test_keep_all_matches_transformers_generate(tiny_dir, dup_video, monkeypatch):
+    """Budget = all tokens, no redundancy removal, one group: the final pass is HF's own
+    unpruned forward, and greedy decoding equals HF's ``generate``."""
+    at = _pipeline(tiny_dir, units_per_group=64, budget=10**6, redundancy_threshold=None,
+                   max_new_tokens=8, **DUP)
+    spy, ids = Spy(at.adapter), _capture_ids(monkeypatch)
+    res = at.answer(dup_video, QUESTION, OPTIONS, progress=False)
+    frames = torch.stack(_decode_all(dup_video))
+    hf_ids, hf_logits, model, tok, _ = _hf_generate(tiny_dir, frames, 2 / 25, 8)
+    eos = set([model.generation_config.eos_token_id])
+    cut = next((i for i, t in enumerate(hf_ids) if t in eos), len(hf_ids))
+    assert len(res.selected_tokens) == 32 * 18
+    torch.testing.assert_close(spy.calls[-1]["logits"], hf_logits, rtol=1e-4, atol=1e-4)
+    assert ids[0] == hf_ids[:cut] and len(ids[0]) >= 1
+
+
+def test_pruned_decoding_matches_full_recomputation(tiny_dir, dup_video, monkeypatch):
+    """A run that drops the last units decodes at HF's positions: the kept columns of the
+    unpruned sequence (chat template, the model's vision tower, get_rope_index), then greedy
+    decoding by full recomputation, token s at max(full positions) + 1 + s."""
+    at = _pipeline(tiny_dir, units_per_group=8, budget=60, group_layout="contiguous",
+                   force_stop_after=2, max_new_tokens=10, **DUP)
+    ids = _capture_ids(monkeypatch)
+    res = at.answer(dup_video, QUESTION, OPTIONS, progress=False)
+    frames = torch.stack(_decode_all(dup_video))
+    from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(tiny_dir)).eval()
+    inp = _hf_inputs(AutoTokenizer.from_pretrained(str(tiny_dir)), model, frames, 2 / 25)
+    rows, cols = res.grid
+    unit = {f: i // 2 for i, f in enumerate(res.frames) if i % 2 == 0}
+    keys = torch.tensor([unit[t["frame"]] * rows * cols + t["h"] * cols + t["w"] for t in res.selected_tokens])
+    assert int(keys.max()) // (rows * cols) < 16  # units 16..31 (groups 2, 3) are all dropped
+    ids_full = inp["input_ids"][0]
+    vid = (ids_full == model.config.video_token_id).nonzero().flatten()
+    with torch.no_grad():
+        pos, _ = model.model.get_rope_index(inp["input_ids"], mm_token_type_ids=inp["mm_token_type_ids"],
+                                            video_grid_thw=inp["video_grid_thw"],
+                                            second_per_grid_ts=inp["second_per_grid_ts"])
+        emb = model.get_input_embeddings()(ids_full)
+        vis = torch.cat(model.model.get_video_features(inp["pixel_values_videos"], inp["video_grid_thw"],
+                                                       return_dict=True).pooler_output)
+        emb[vid] = vis
+    cols_kept = torch.cat([torch.arange(int(vid[0])), vid[keys], torch.arange(int(vid[-1]) + 1, len(ids_full))])
+    emb, pos = emb[cols_kept], pos[:, 0, cols_kept]
+    nxt_pos, want = int(pos.max()) + 1, []
+    with torch.no_grad():
+        for s in range(10):
+            logits = model(inputs_embeds=emb[None], position_ids=pos[:, None],
+                           attention_mask=torch.ones(1, emb.shape[0], dtype=torch.long)).logits[0, -1]
+            t = int(logits.argmax())
+            if t == model.generation_config.eos_token_id:
+                break
+            want.append(t)
+            emb = torch.cat([emb, model.get_input_embeddings()(torch.tensor([t]))])
+            pos = torch.cat([pos, torch.full((3, 1), nxt_pos + s)], dim=1)
+    assert len(want) >= 8
+    assert ids[0] == want
+
+
+def test_decoding_stops_at_generation_config_eos(tiny_dir, bikes, monkeypatch):
+    """An EOS id that only the generation config names stops decoding."""
+    ids = _capture_ids(monkeypatch)
+    _pipeline(tiny_dir, max_new_tokens=4, **SMALL).answer(bikes, QUESTION, OPTIONS, progress=False)
+    assert len(ids[0]) == 4
+    ad = Qwen2_5_VLAdapter.from_pretrained(str(tiny_dir))
+    ad.model.generation_config.eos_token_id = [ad.model.generation_config.eos_token_id, ids[0][2]]
+    ad = Qwen2_5_VLAdapter(ad.model, ad.tokenizer)
+    AdaptToken(ad, AdaptTokenConfig(max_new_tokens=4, **SMALL)).answer(bikes, QUESTION, OPTIONS, progress=False)
+    assert ids[1] == ids[0][:2]
 
 
 def test_kept_tokens_keep_unpruned_positions(tiny_dir, bikes):
@@ -138,10 +288,11 @@ def test_kept_tokens_keep_unpruned_positions(tiny_dir, bikes):
     spy = Spy(at.adapter)
     res = at.answer(bikes, QUESTION, OPTIONS, progress=False)
     ad = at.adapter
-    pos = [c for c in spy.calls if c.get("use_cache")][0]["pos"]
+    final = [c for c in spy.calls if c["use_cache"]][0]["seq"]
+    pos = final.positions
     rows, cols = res.grid
     U, tpu = len(res.frames) // 2, rows * cols
-    pre, suf = ad.prompt_ids(QUESTION, OPTIONS, MC_INSTRUCTION)
+    pre, suf = ad.prompt(QUESTION, OPTIONS, MC_INSTRUCTION).prefix, ad.prompt(QUESTION, OPTIONS, MC_INSTRUCTION).suffix
     P = len(pre)
     with VideoReader(bikes) as r:
         spu = r.info.duration_s * 2 / len(res.frames)
@@ -156,11 +307,11 @@ def test_kept_tokens_keep_unpruned_positions(tiny_dir, bikes):
     want = torch.cat([full[:, :P], full[:, [P + k for k in keys]], full[:, P + U * tpu:]], dim=1)
     assert torch.equal(pos, want)
     # M-RoPE by hand: t = P + unit * tokens_per_second * seconds_per_unit, h = P + row, w = P + col
-    tps = ad.tokens_per_second
+    tps = ad.model.config.vision_config.tokens_per_second
     for i, (k, t) in enumerate(zip(keys, res.selected_tokens)):
         assert pos[:, P + i].tolist() == [P + int(k // tpu * tps * spu), P + t["h"], P + t["w"]]
-    # decode offset: the next token continues at max position + 1
-    assert int(delta) == int(full.max()) + 1 - full.shape[1]
+    # decoding continues after the full sequence, as HF's own generate does
+    assert final.next_position == int(full.max()) + 1 == int(delta) + full.shape[1]
 
 
 def test_budgets_sum_and_respect_capacity(at, bikes):
@@ -212,12 +363,13 @@ def test_redundancy_removal_drops_repeated_frames(tiny_dir, bikes, tmp_path):
     assert len(on.selected_tokens) == cfg["budget"]  # refilled to the budget
 
 
-def test_deterministic(at, bikes):
-    a = at.answer(bikes, QUESTION, OPTIONS, progress=False).to_dict()
-    b = at.answer(bikes, QUESTION, OPTIONS, progress=False).to_dict()
-    for d in (a, b):
+def test_deterministic_across_objects(tiny_dir, bikes):
+    """Two pipelines loaded separately, and two runs of one, give the same result."""
+    runs = [_pipeline(tiny_dir, **SMALL) for _ in range(2)]
+    a, b, c = (x.answer(bikes, QUESTION, OPTIONS, progress=False).to_dict() for x in (runs[0], runs[1], runs[0]))
+    for d in (a, b, c):
         d.pop("timings_s"), d.pop("peak_memory_bytes")
-    assert a == b
+    assert a == b == c
 
 
 def test_result_json_keys(at, bikes, tmp_path):
@@ -255,10 +407,32 @@ def test_bad_input_errors(at, bikes, tmp_path):
         at.answer(bikes, "   ")
     with pytest.raises(ValueError, match="options"):
         at.answer(bikes, QUESTION, ["first choice", "second choice"])
-    for field, value in (("budget", 0), ("frames", 0), ("units_per_group", -1),
-                         ("group_layout", "zigzag"), ("reduce", "sum"), ("temperature", 0.0)):
+    for field, value in (("budget", 0), ("frames", 0), ("units_per_group", -1), ("lite", "yes"),
+                         ("group_layout", "zigzag"), ("reduce", "sum"), ("temperature", 0.0),
+                         ("per_group_floor", 1.5), ("decode_cache_mb", -1), ("instruction", 3)):
         with pytest.raises(ValueError, match=field):
             AdaptTokenConfig(**{field: value}).validate()
+
+
+def test_settings_checked_before_the_first_group_pass(tiny_dir, bikes):
+    """A floor that cannot fit, or a bad entropy mode, fails before any model work."""
+    for cfg, field in ((dict(per_group_floor=20), "per_group_floor"), (dict(entropy_mode="options"), "entropy_mode")):
+        at = _pipeline(tiny_dir, **{**SMALL, **cfg})
+        spy = Spy(at.adapter)
+        with pytest.raises(ValueError, match=field):
+            at.answer(bikes, QUESTION, None, progress=False)
+        assert spy.calls == []
+    with pytest.raises(ValueError, match="reference_layer"):
+        _pipeline(tiny_dir, reference_layer=4, **SMALL)
+
+
+def test_unsupported_model_type_lists_supported(tmp_path):
+    from transformers import LlamaConfig
+    from adapttoken_ext import models
+    LlamaConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                vocab_size=10).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"model_type 'llama' is not supported \(supported: qwen2_5_vl\)"):
+        models.load(str(tmp_path))
 
 
 def test_video_reader_seeks_exact_frames(bikes):
@@ -311,6 +485,29 @@ def test_cli_answer_end_to_end(tiny_dir, bikes, tmp_path, capsys):
     assert rc == 2 and "--video" in capsys.readouterr().err
 
 
+def test_cli_loading_flags(tiny_dir, bikes, tmp_path, capsys):
+    """--device-map, --dtype and --attn-implementation reach the model; bad values are clear errors."""
+    from adapttoken_ext.cli import main
+    out = tmp_path / "r.json"
+    base = ["answer", "--video", bikes, "--question", QUESTION, "--options", *OPTIONS, "--model",
+            str(tiny_dir), "--frames", "32", "--budget", "20", "--units-per-group", "4",
+            "--max-pixels", str(112 * 224), "--quiet"]
+    assert main(base + ["--json", str(out)]) == 0
+    assert main(base + ["--device-map", '{"": "cpu"}', "--dtype", "float32",
+                        "--attn-implementation", "eager", "--json", str(out) + "2"]) == 0
+    a, b = (json.loads(open(p).read()) for p in (out, str(out) + "2"))
+    assert [t["score"] for t in a["selected_tokens"]] == pytest.approx([t["score"] for t in b["selected_tokens"]], rel=1e-4)
+    capsys.readouterr()
+    assert main(base + ["--device-map", "everywhere"]) == 2
+    assert "--device-map" in capsys.readouterr().err
+    assert main(base + ["--device", "gpu"]) == 2
+    assert "device: 'gpu'" in capsys.readouterr().err
+    assert main(base + ["--json", str(tmp_path / "no" / "r.json")]) == 2
+    assert "--json" in capsys.readouterr().err
+    assert main(base[:7] + ["--model", str(tmp_path)]) == 2  # no checkpoint there
+    assert "adapttoken: error:" in capsys.readouterr().err
+
+
 def test_cli_demo_console_script(tmp_path):
     import subprocess
     import sys
@@ -321,3 +518,111 @@ def test_cli_demo_console_script(tmp_path):
     assert "RANDOM weights" in p.stderr and "meaningless" in p.stdout
     assert "why:" in p.stdout and "bikes.mp4" in p.stdout
     assert (tmp_path / "cache").is_dir()
+
+
+# ---- attention backends, devices, memory -----------------------------------------------------
+
+def _flash_like(name):
+    """A stand-in attention function registered under its own name: like transformers'
+    flash path, it looks itself up by the module's configured name and fails otherwise."""
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    calls = []
+
+    def fn(module, q, k, v, *args, **kw):
+        if module.config._attn_implementation != name:
+            raise ValueError(f"Could not find the currently requested implementation {module.config._attn_implementation}")
+        calls.append(getattr(module, "layer_idx", None))
+        return sdpa_attention_forward(module, q, k, v, *args, **kw)
+    AttentionInterface.register(name, fn)
+    AttentionMaskInterface.register(name, sdpa_mask)
+    return calls
+
+
+def test_score_hook_is_transparent_to_the_attention_backend(tiny_dir, bikes):
+    """sdpa, eager and a flash-like registered function give the same selection; the model's
+    configuration is never changed; the flash-like function runs under its own name."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+    calls = _flash_like("test_standin_attention")
+    results = {}
+    for impl in ("sdpa", "eager", "test_standin_attention"):
+        ad = Qwen2_5_VLAdapter.from_pretrained(str(tiny_dir), attn_implementation=impl)
+        at = AdaptToken(ad, AdaptTokenConfig(**SMALL))
+        results[impl] = at.answer(bikes, QUESTION, OPTIONS, progress=False)
+        assert ad.model.config.text_config._attn_implementation == impl
+        assert "test_standin_attention" not in ALL_ATTENTION_FUNCTIONS._local_mapping
+    assert set(calls) - {None} == set(range(4))
+    ref = results["sdpa"]
+    for impl in ("eager", "test_standin_attention"):
+        got = results[impl]
+        assert [(t["frame"], t["h"], t["w"]) for t in got.selected_tokens] == \
+            [(t["frame"], t["h"], t["w"]) for t in ref.selected_tokens]
+        torch.testing.assert_close(torch.tensor([t["score"] for t in got.selected_tokens]),
+                                   torch.tensor([t["score"] for t in ref.selected_tokens]), rtol=1e-4, atol=1e-6)
+        assert [g.entropy for g in got.groups] == pytest.approx([g.entropy for g in ref.groups], rel=1e-4)
+
+
+def test_two_pipelines_share_a_model_and_detach_cleanly(tiny_dir, bikes):
+    """Two captures on one model each get their own scores; closing both leaves no hook."""
+    ad = Qwen2_5_VLAdapter.from_pretrained(str(tiny_dir))
+    a = AdaptToken(ad, AdaptTokenConfig(**SMALL))
+    b = AdaptToken(ad, AdaptTokenConfig(reference_layer=1, **SMALL))
+    c = AdaptToken(ad, AdaptTokenConfig(reduce="mean", **SMALL))
+    with VideoReader(bikes) as r:
+        plan = stages.make_plan(ad, r.info, a.config, QUESTION, OPTIONS)
+        enc = stages.encode_group(ad, r, plan, 0)
+    seq = ad.sequence(plan.prompt, plan.clip(enc.units), plan.grid)
+    vs, ve = seq.visual_span()
+    for cap, reduce in ((a.capture, "max"), (b.capture, "max"), (c.capture, "mean")):
+        cap.arm(ve, vs, ve, reduce)
+    ad.prefill(seq, enc.visual)
+    sa, sb, sc = a.capture.take(), b.capture.take(), c.capture.take()
+    assert not torch.equal(sa, sb) and not torch.equal(sa, sc)
+    solo = AdaptToken(Qwen2_5_VLAdapter.from_pretrained(str(tiny_dir)), AdaptTokenConfig(reference_layer=1, **SMALL))
+    solo.capture.arm(ve, vs, ve, "max")
+    solo.adapter.prefill(seq, enc.visual)
+    torch.testing.assert_close(sb, solo.capture.take())
+    for x in (a, b, c):
+        x.close()
+    for m in ad.model.modules():
+        assert not m._forward_pre_hooks and not m._forward_hooks
+
+
+def test_device_map_dict_matches_the_unsplit_model(tiny_dir, bikes):
+    """An explicit per-module device_map dispatches through accelerate's hooks (the
+    embedding and the first layers CPU-offloaded: their weights on ``meta``, run on the
+    execution device) and answers exactly as the unsplit model."""
+    cpu = torch.device("cpu")  # "cpu" means offloaded; two spellings make transformers dispatch
+    dmap = {"model.visual": cpu, "model.language_model.embed_tokens": "cpu",
+            "model.language_model.layers.0": "cpu", "model.language_model.layers.1": "cpu",
+            "model.language_model.layers.2": cpu, "model.language_model.layers.3": cpu,
+            "model.language_model.norm": cpu, "model.language_model.rotary_emb": cpu, "lm_head": cpu}
+    split = AdaptToken.from_pretrained(str(tiny_dir), AdaptTokenConfig(**SMALL), device_map=dmap)
+    assert split.adapter.model.get_input_embeddings().weight.device.type == "meta"
+    plain = _pipeline(tiny_dir, **SMALL)
+    a, b = (x.answer(bikes, QUESTION, OPTIONS, progress=False).to_dict() for x in (split, plain))
+    for d in (a, b):
+        d.pop("timings_s"), d.pop("peak_memory_bytes"), d.pop("model")
+    assert a == b
+
+
+@pytest.fixture(scope="session")
+def video_10k(tmp_path_factory):
+    from adapttoken_ext.video import make_long_video
+    return str(make_long_video(tmp_path_factory.mktemp("long") / "long.mp4", 10_000, width=96, height=56))
+
+
+@pytest.mark.parametrize("layout", ["interleaved", "contiguous"])
+def test_candidate_memory_bounded_at_10k_frames(tiny_dir, video_10k, layout):
+    """At 10,000 frames (5,000 units, 79 groups, the last contiguous one 8 units) the
+    candidate embeddings held never exceed 4 B rows, and the refill still fills B."""
+    B = 300
+    at = _pipeline(tiny_dir, frames=10_000, max_pixels=56 * 84, units_per_group=64, budget=B,
+                   group_layout=layout)
+    res = at.answer(video_10k, QUESTION, OPTIONS, progress=False)
+    assert len(res.frames) == 10_000 and len(res.groups) == 79
+    if layout == "contiguous":
+        assert min(g.num_tokens for g in res.groups) < B  # capacity caps are in play
+    assert 0 < res.candidate_rows_peak <= 4 * B
+    assert len(res.selected_tokens) == B == sum(g.selected for g in res.groups)

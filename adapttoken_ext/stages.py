@@ -1,0 +1,414 @@
+"""The stages of AdaptToken (method.md steps 0-9), each a function on an adapter and tensors.
+
+- :func:`make_plan` (steps 0-1): frames, sizes, groups, prompt, every check of the
+  configuration against the video and the model, before any model work.
+- :func:`encode_group` (step 1): decode and vision tower; independent of the question, so
+  one encoding can serve several questions about the same video.
+- :func:`score_group` (steps 2-4): the group pass for a question: attention scores of the
+  visual tokens and the answer entropy.
+- :func:`scan_groups` (steps 2-4 and 8): every group in turn, with Lite's stop, keeping a
+  bounded pool of candidates (:class:`CandidatePool`).
+- :func:`allocate_and_select` (steps 5-7): budgets, per-group top-k, redundancy removal.
+- :func:`final_pass` (step 9): the kept tokens at their full-video positions, greedy decoding.
+
+The adapter (:class:`~adapttoken_ext.models.base.VideoAdapter`) hides the model family.
+"""
+from __future__ import annotations
+
+import math
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+from . import ops, selection
+from .config import MC_INSTRUCTION, AdaptTokenConfig
+from .models.base import Clip, Prompt, Visual
+from .video import VideoInfo, sample_frame_indices
+
+STAGES = ("decode", "vision_encoder", "group_prefill", "scoring", "entropy", "selection",
+          "final_prefill", "generate")
+
+
+class Timer:
+    """Seconds per stage of :data:`STAGES`; synchronises every CUDA device around each
+    stage when ``cuda`` (a model may span several)."""
+
+    def __init__(self, cuda: bool = False):
+        self.cuda = cuda
+        self.t = {s: 0.0 for s in STAGES}
+
+    def _sync(self):
+        for i in range(torch.cuda.device_count() if self.cuda else 0):
+            torch.cuda.synchronize(i)
+
+    @contextmanager
+    def __call__(self, stage):
+        self._sync()
+        t0 = time.perf_counter()
+        yield
+        self._sync()
+        self.t[stage] += time.perf_counter() - t0
+
+
+# ---- plan (steps 0-1) ---------------------------------------------------------------------
+
+@dataclass
+class Plan:
+    """Everything decided before the first group pass (method.md steps 0-1).
+
+    ``frames``: sampled frame indices; ``frame_times_s``: their times in seconds;
+    ``size``: (H, W) pixels of every frame; ``grid``: (rows, cols) visual tokens per unit;
+    ``groups``: units of each group in visit order; ``capacity``: int64 ``[G]`` visual
+    tokens per group; ``option_ids``: per option letter its token ids (option-letter
+    entropy) or None (full vocabulary); ``stop_threshold``: Lite's tau in nats.
+    """
+    unit: int
+    frames: list[int]
+    frame_times_s: list[float]
+    size: tuple[int, int]
+    grid: tuple[int, int]
+    groups: list[list[int]]
+    capacity: torch.Tensor
+    seconds_per_unit: float
+    group_stride: int
+    prompt: Prompt
+    option_ids: list[list[int]] | None
+    stop_threshold: float
+    max_new_tokens: int
+
+    @property
+    def tokens_per_unit(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    @property
+    def num_units(self) -> int:
+        return len(self.frames) // self.unit
+
+    def unit_frames(self, units) -> list[int]:
+        return [self.frames[u * self.unit + j] for u in units for j in range(self.unit)]
+
+    def clip(self, units, whole_video: bool = False) -> Clip:
+        """A group (a short video whose units are ``group_stride`` apart) or the whole video."""
+        spu = self.seconds_per_unit * (1 if whole_video else self.group_stride)
+        return Clip(list(units), [self.frame_times_s[u * self.unit] for u in units], spu)
+
+
+_LETTERS = __import__("re").compile(r"^\s*\(?([A-Z])\s*[.):]\s*\S")
+
+
+def parse_options(options) -> list[str]:
+    """Option letters of ``["A. text", "B. text", ...]`` (also ``"A) text"``, ``"(A) text"``).
+
+    Raises:
+        ValueError: naming ``options`` for an unknown format or a repeated letter.
+    """
+    letters = []
+    for o in options:
+        m = _LETTERS.match(o) if isinstance(o, str) else None
+        if m is None:
+            raise ValueError(f"options: unknown option format {o!r}; expected 'A. text'")
+        letters.append(m.group(1))
+    if len(set(letters)) != len(letters):
+        raise ValueError(f"options: repeated option letter in {letters}")
+    return letters
+
+
+def make_plan(adapter, info: VideoInfo, cfg: AdaptTokenConfig, question: str,
+              options: list[str] | None) -> Plan:
+    """Sample frames, size them, group the units, render the prompt (method.md steps 0-1),
+    and check every setting that depends on the video or the model.
+
+    Raises:
+        ValueError: naming ``question``, ``options`` or the config field at fault.
+    """
+    cfg.validate()
+    if not isinstance(question, str) or not question.strip():
+        raise ValueError("question: must be a non-empty string")
+    letters = parse_options(options) if options else []
+    mode = cfg.entropy_mode if cfg.entropy_mode != "auto" else ("options" if letters else "vocab")
+    if mode == "options" and not letters:
+        raise ValueError("entropy_mode: 'options' needs options")
+    idx = sample_frame_indices(info.num_frames, cfg.frames, adapter.unit)
+    H, W = adapter.frame_size(info.height, info.width, cfg.max_pixels)
+    rows, cols = adapter.unit_grid(H, W)
+    groups = selection.make_groups(len(idx) // adapter.unit, cfg.units_per_group, cfg.group_layout)
+    capacity = torch.tensor([len(g) * rows * cols for g in groups])
+    if int(capacity.clamp(max=cfg.per_group_floor).sum()) > cfg.budget:
+        raise ValueError(f"per_group_floor: {cfg.per_group_floor} tokens for each of {len(groups)} "
+                         f"groups exceeds the budget {cfg.budget}")
+    instruction = cfg.instruction if cfg.instruction is not None else (MC_INSTRUCTION if letters else None)
+    option_ids = adapter.option_token_ids(letters) if mode == "options" else None
+    tau = cfg.stop_threshold if cfg.stop_threshold is not None else selection.stop_threshold(
+        len(letters) if option_ids else None)
+    fps = info.fps if info.fps > 0 else 1.0  # a stream without a rate: 1 frame per second
+    return Plan(
+        unit=adapter.unit, frames=idx, frame_times_s=[i / fps for i in idx], size=(H, W),
+        grid=(rows, cols), groups=groups, capacity=capacity,
+        # the processor's rule: temporal patch size / sampling rate
+        seconds_per_unit=info.num_frames / fps * adapter.unit / len(idx),
+        group_stride=len(groups) if cfg.group_layout == "interleaved" else 1,
+        prompt=adapter.prompt(question, options, instruction), option_ids=option_ids,
+        stop_threshold=tau, max_new_tokens=cfg.max_new_tokens or (16 if letters else 128))
+
+
+# ---- encoding and scoring one group (steps 1-4) -------------------------------------------
+
+@dataclass
+class GroupEncoding:
+    """A group's visual tokens (question-independent): ``visual`` rows in (unit, h, w)
+    raster order of ``units``."""
+    units: list[int]
+    visual: Visual
+
+
+def encode_group(adapter, reader, plan: Plan, g: int, timer: Timer | None = None) -> GroupEncoding:
+    """Decode group ``g``'s frames and run the vision tower (method.md step 1)."""
+    timer = timer or Timer()
+    units = plan.groups[g]
+    with timer("decode"):
+        frames = reader.get_frames(plan.unit_frames(units), *plan.size)
+    with timer("vision_encoder"):
+        visual = adapter.encode(frames)
+    return GroupEncoding(units, visual)
+
+
+@dataclass
+class GroupScores:
+    """A group pass's result: ``entropy`` in nats; ``scores`` float32 ``[N]`` on the host,
+    in the encoding's row order; ``max_entropy``: ``ln K`` or ``ln V``, its upper bound."""
+    entropy: float
+    scores: torch.Tensor
+    max_entropy: float
+
+
+def score_group(adapter, capture, plan: Plan, enc: GroupEncoding, reduce: str = "max",
+                timer: Timer | None = None) -> GroupScores:
+    """The group pass for the question (method.md steps 2-4).
+
+    Prefills ``[prefix][group's visual tokens][question...]`` at compact positions (the
+    group as a short video), scores every visual key with the text queries after the video
+    at the reference layer (``capture``), and takes the answer entropy at the last position.
+    """
+    timer = timer or Timer()
+    with timer("group_prefill"):
+        seq = adapter.sequence(plan.prompt, plan.clip(enc.units), plan.grid)
+        vs, ve = seq.visual_span()
+        capture.arm(ve, vs, ve, reduce)
+        try:
+            logits, _ = adapter.prefill(seq, enc.visual)
+        finally:  # a failed forward must not leave the capture armed for the next one
+            capture.disarm()
+        span = capture.take()[0]
+    timer.t["scoring"] += capture.elapsed
+    timer.t["group_prefill"] -= capture.elapsed
+    with timer("scoring"):
+        scores = span[(seq.visual_columns - vs).to(span.device)].cpu()
+    with timer("entropy"):
+        h = float(answer_entropy(logits, plan.option_ids))
+    k = len(plan.option_ids) if plan.option_ids else logits.shape[-1]
+    return GroupScores(h, scores, math.log(k))
+
+
+def answer_entropy(logits: torch.Tensor, option_ids: list[list[int]] | None) -> torch.Tensor:
+    """Entropy (nats) of the answer distribution (method.md step 4): over the option letters,
+    each letter's logit the log-sum-exp of its surface forms, or over the full vocabulary."""
+    logits = logits.float()
+    if option_ids is None:
+        return ops.softmax_entropy(logits)
+    letter = torch.stack([logits[torch.tensor(f, device=logits.device)].logsumexp(0) for f in option_ids])
+    return ops.softmax_entropy(letter)
+
+
+# ---- the scan over groups (steps 2-4, 8) ----------------------------------------------------
+
+class CandidatePool:
+    """Each visited group's tokens ranked by score, with embeddings for a bounded prefix.
+
+    The ranking (keys and scores of all ``N_g`` tokens) is cheap; embeddings (and per-token
+    side inputs) are kept for the first ``headroom * bound_g`` ranks only, ``bound_g`` being
+    the largest budget any completion of the run can still give the group
+    (:func:`selection.budget_bound`), so the rows held stay within ``headroom * (B + V)``
+    for ``V`` visited groups, whatever the frame count (``headroom`` 2 with redundancy
+    removal, else 1). :meth:`more`
+    re-encodes a group when the redundancy refill (step 7) needs ranks beyond those held.
+    """
+
+    def __init__(self, tokens_per_unit: int):
+        self.tpu = tokens_per_unit
+        self.rank_keys: list[torch.Tensor] = []    # per group, int64 [N_g] keys by rank
+        self.rank_rows: list[torch.Tensor] = []    # per group, int64 [N_g] rows in the encoding
+        self.rank_scores: list[torch.Tensor] = []  # per group, float32 [N_g]
+        self.held: list[selection.Candidates] = []
+        self.side: list[list[dict]] = []  # per group, side inputs of the held rows, in parts
+        self.peak_rows = 0
+
+    def add(self, enc: GroupEncoding, scores: torch.Tensor, limit: int) -> None:
+        """Rank a group's tokens (descending score, ties to the lower index, NaN last) and
+        hold the embeddings of the first ``limit`` ranks."""
+        n = scores.numel()
+        val, rows = ops.segmented_topk(scores, torch.tensor([0, n]), torch.tensor([n]), False)
+        self.rank_keys.append(torch.tensor(enc.units)[rows // self.tpu] * self.tpu + rows % self.tpu)
+        self.rank_rows.append(rows)
+        self.rank_scores.append(val)
+        cand, side = self._rows(len(self.held), enc.visual, 0, min(n, limit))
+        self.held.append(cand)
+        self.side.append([side])
+        self._count()
+
+    def _rows(self, g, visual: Visual, start, stop):
+        v = visual.take(self.rank_rows[g][start:stop])
+        return (selection.Candidates(self.rank_keys[g][start:stop], self.rank_scores[g][start:stop],
+                                     v.embeds.cpu()), {k: x.cpu() for k, x in v.side.items()})
+
+    def shrink(self, bounds: torch.Tensor, headroom: int) -> None:
+        """Keep embeddings for the first ``headroom * bounds[g]`` ranks of each group."""
+        for g, b in enumerate(bounds.tolist()):
+            c = self.held[g]
+            n = min(c.keys.numel(), headroom * b)
+            if n < c.keys.numel():
+                self.held[g] = selection.Candidates(c.keys[:n].clone(), c.scores[:n].clone(),
+                                                    c.embeddings[:n].clone())
+                self.side[g] = [{k: x[:n].clone() for k, x in self.side[g][0].items()}]
+
+    def _count(self, extra: int = 0) -> None:
+        self.peak_rows = max(self.peak_rows, extra + sum(c.keys.numel() for c in self.held))
+
+    def more(self, g: int, encode) -> selection.Candidates | None:
+        """The next ranks of group ``g`` after those held (as many again), re-encoding it
+        with ``encode(g) -> GroupEncoding``; None when the group has no more tokens. The
+        caller appends them to ``held[g]`` (as :func:`selection.select_tokens` does)."""
+        have, n = self.held[g].keys.numel(), self.rank_keys[g].numel()
+        if have >= n:
+            return None
+        extra, side = self._rows(g, encode(g).visual, have, min(n, 2 * max(have, 1)))
+        self.side[g].append(side)
+        self._count(extra.keys.numel())
+        return extra
+
+    def side_rows(self, g: int, rows: torch.Tensor) -> dict:
+        """Side inputs of held rows ``rows`` of group ``g``."""
+        parts = self.side[g]
+        return {k: torch.cat([p[k] for p in parts])[rows] for k in parts[0]}
+
+
+@dataclass
+class GroupRecord:
+    """One visited group: its sampled video frame indices, visual tokens, entropy (nats),
+    budget ``B_g`` and the number of tokens finally selected from it."""
+    index: int
+    frames: list[int]
+    num_tokens: int
+    entropy: float
+    budget: int = 0
+    selected: int = 0
+
+
+def scan_groups(adapter, capture, reader, plan: Plan, cfg: AdaptTokenConfig, timer: Timer,
+                progress: bool = False):
+    """Visit the groups in order (method.md steps 2-4), stopping early under Lite (step 8).
+
+    Returns:
+        ``(records, pool, stopped)``: a :class:`GroupRecord` per visited group, the
+        :class:`CandidatePool`, and the index of the group after which Lite stopped (or None).
+    """
+    pool = CandidatePool(plan.tokens_per_unit)
+    headroom = 2 if cfg.redundancy_threshold is not None else 1
+    records, stopped = [], None
+    bar = _progress(range(len(plan.groups)), progress, desc="groups")
+    for g in bar:
+        enc = encode_group(adapter, reader, plan, g, timer)
+        res = score_group(adapter, capture, plan, enc, cfg.reduce, timer)
+        h = res.entropy
+        records.append(GroupRecord(g, plan.unit_frames(plan.groups[g]), res.scores.numel(), h))
+        if hasattr(bar, "set_postfix"):
+            bar.set_postfix(entropy=f"{h:.3f}")
+        forced = cfg.force_stop_after is not None and g + 1 >= cfg.force_stop_after
+        last = g + 1 == len(plan.groups)
+        if (forced or (cfg.lite and h < plan.stop_threshold)) and not last:  # step 8
+            stopped = g
+        with timer("selection"):  # hold only embeddings some completion of the run can use
+            final = stopped is not None or last
+            bounds = selection.budget_bound(
+                torch.tensor([r.entropy for r in records]),
+                plan.capacity[: len(records)] if final else plan.capacity, cfg.budget, res.max_entropy,
+                cfg.temperature, cfg.per_group_floor, cfg.lite or cfg.force_stop_after is not None)
+            pool.shrink(bounds[:-1], headroom)
+            pool.add(enc, res.scores, headroom * int(bounds[-1]))
+        del enc
+        if stopped is not None:
+            break
+    if hasattr(bar, "close"):
+        bar.close()
+    return records, pool, stopped
+
+
+# ---- allocation and selection (steps 5-7) --------------------------------------------------
+
+def allocate_and_select(plan: Plan, cfg: AdaptTokenConfig, records: list[GroupRecord],
+                        pool: CandidatePool, encode=None) -> tuple[torch.Tensor, torch.Tensor, Visual]:
+    """Budgets by entropy (step 5), per-group top-``B_g`` (step 6) and location-aware
+    redundancy removal with refill (step 7) over the visited groups.
+
+    ``encode(g)`` re-encodes group ``g`` when the refill needs tokens beyond the held
+    candidates. Fills each record's ``budget`` and ``selected``.
+
+    Returns:
+        ``(keys, scores, visual)`` of the kept tokens in ascending key (temporal, raster)
+        order: int64 ``[K]``, float32 ``[K]``, and their :class:`Visual` (embeddings and
+        side inputs) on the host.
+    """
+    V = len(records)
+    budgets = selection.allocate_budget(torch.tensor([r.entropy for r in records]),
+                                        plan.capacity[:V], cfg.budget, cfg.temperature,
+                                        cfg.per_group_floor)
+    encoded = torch.tensor(sorted(u for g in range(V) for u in plan.groups[g]))
+    more = (lambda g: pool.more(g, encode)) if encode is not None else None
+    keep = selection.select_tokens(pool.held, budgets, plan.tokens_per_unit, encoded,
+                                   cfg.redundancy_threshold, more)
+    keys = torch.cat([c.keys[k] for c, k in zip(pool.held, keep)])
+    scores = torch.cat([c.scores[k] for c, k in zip(pool.held, keep)])
+    visual = Visual.cat([Visual(c.embeddings[k], pool.side_rows(g, k))
+                         for g, (c, k) in enumerate(zip(pool.held, keep))])
+    order = torch.argsort(keys)
+    for r, b, k in zip(records, budgets.tolist(), keep):
+        r.budget, r.selected = b, k.numel()
+    return keys[order], scores[order], visual.take(order)
+
+
+# ---- final pass (step 9) ------------------------------------------------------------------
+
+def final_pass(adapter, plan: Plan, keys: torch.Tensor, visual: Visual,
+               timer: Timer | None = None) -> list[int]:
+    """Answer from the kept tokens (method.md step 9): the full unpruned sequence from the
+    adapter's rules, its kept columns (positions unchanged), one prefill, greedy decoding.
+    ``keys`` ascending, ``visual`` in the same order."""
+    timer = timer or Timer()
+    with timer("final_prefill"):
+        full = adapter.sequence(plan.prompt, plan.clip(range(plan.num_units), whole_video=True), plan.grid)
+        logits, state = adapter.prefill(full.prune(keys), visual, use_cache=True)
+    with timer("generate"):
+        return greedy_decode(adapter, logits, state, plan.max_new_tokens)
+
+
+def greedy_decode(adapter, logits, state, max_new_tokens: int) -> list[int]:
+    """Greedy generation after a prefill (method.md step 9): the adapter's decode state
+    places generated token ``s`` at the full sequence's maximum position + 1 + s. Stops at
+    any of ``adapter.eos_token_ids``."""
+    out = []
+    for step in range(max_new_tokens):
+        nxt = int(logits.argmax())
+        if nxt in adapter.eos_token_ids:
+            break
+        out.append(nxt)
+        if step + 1 < max_new_tokens:
+            logits, state = adapter.decode_step(state, nxt)
+    return out
+
+
+def _progress(it, enabled, **kw):
+    if not enabled:
+        return it
+    from tqdm.auto import tqdm
+    return tqdm(it, **kw)
