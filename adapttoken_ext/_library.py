@@ -35,7 +35,9 @@ def _load_extension() -> str | None:
         return "ADAPTTOKEN_DISABLE_EXT is set"
     spec = importlib.util.find_spec("adapttoken_ext._C")
     if spec is None or not spec.origin:
-        return "adapttoken_ext._C is not built (pip install --no-build-isolation .)"
+        return ("adapttoken_ext._C is not built here (in a checkout: pip install "
+                "--no-build-isolation -e .; a non-editable install is shadowed by the source "
+                "tree when Python runs in the checkout's root)")
     try:
         torch.ops.load_library(spec.origin)
     except (OSError, RuntimeError) as e:

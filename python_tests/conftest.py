@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -17,6 +19,17 @@ IMPLS = {
     "op": adapttoken_ext.ops,
     "reference": reference,
 }
+
+
+def pytest_configure(config):
+    """The op tests compare the compiled kernels with the reference: with no compiled _C
+    loaded they would compare the reference with itself and prove nothing, so stop early
+    unless asked to test the reference alone."""
+    if adapttoken_ext.backend != "extension" and os.environ.get("ADAPTTOKEN_ALLOW_REFERENCE") != "1":
+        pytest.exit(f"adapttoken_ext._C is not loaded ({adapttoken_ext.load_error}); the tests would "
+                    "compare the reference ops with themselves. Build it in the checkout with "
+                    "`pip install --no-build-isolation -e .`, or set ADAPTTOKEN_ALLOW_REFERENCE=1 "
+                    "to test the reference alone.", returncode=3)
 
 
 def pytest_report_header(config):

@@ -1,0 +1,109 @@
+"""Seeded bugs in the stage, adapter and hook code: each must make a test fail.
+
+mutmut covers ``selection.py`` (fast tests); the stages run the tiny model, so here each
+realistic bug is applied by hand to a copy of the checkout and the pipeline tests run on it.
+
+    python tools/seeded_mutants.py            # all mutants, prints killed / survived
+    python tools/seeded_mutants.py -k decode  # those whose name contains "decode"
+
+Needs the package built in place (``pip install --no-build-isolation -e .``).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# name: (file, original text, mutated text)
+MUTANTS = {
+    "queries_include_visual_rows": ("adapttoken_ext/stages.py",
+                                    "capture.arm(ve, vs, ve, reduce)", "capture.arm(vs, vs, ve, reduce)"),
+    "decode_from_kept_max": ("adapttoken_ext/models/base.py",
+                             "unit=self.unit[cols], positions=self.positions[:, cols])",
+                             "unit=self.unit[cols], positions=self.positions[:, cols], "
+                             "next_position=int(self.positions[:, cols].max()) + 1)"),
+    "decode_position_not_advanced": ("adapttoken_ext/models/qwen2_5_vl.py",
+                                     "DecodeState(past, state.position + 1)", "DecodeState(past, state.position)"),
+    "option_first_form_only": ("adapttoken_ext/stages.py",
+                               "logits[torch.tensor(f, device=logits.device)].logsumexp(0)",
+                               "logits[f[0]]"),
+    "group_stride_ignored": ("adapttoken_ext/stages.py",
+                             "(1 if whole_video else self.group_stride)", "1"),
+    "kept_tokens_not_in_time_order": ("adapttoken_ext/stages.py",
+                                      "order = torch.argsort(keys)", "order = torch.arange(keys.numel())"),
+    "lite_test_inverted": ("adapttoken_ext/stages.py",
+                           "(cfg.lite and h < plan.stop_threshold)", "(cfg.lite and h > plan.stop_threshold)"),
+    "visual_key_raster_wrong": ("adapttoken_ext/models/qwen2_5_vl.py",
+                                "units[P:P + n] * tpu + torch.arange(n) % tpu",
+                                "units[P:P + n] * tpu + torch.arange(n) % cols"),
+    "visual_columns_shifted": ("adapttoken_ext/models/qwen2_5_vl.py",
+                               "emb[seq.visual_columns.to(dev)] = visual.embeds",
+                               "emb[seq.visual_columns.to(dev) - 1] = visual.embeds"),
+    "eos_ignores_generation_config": ("adapttoken_ext/models/common.py",
+                                      'for v in (getattr(getattr(model, "generation_config", None), "eos_token_id", None),',
+                                      "for v in ("),
+    "scale_ignored": ("adapttoken_ext/models/attention_hook.py",
+                      'cap._score(query, key, kw.get("scaling") or mod.scaling)', "cap._score(query, key, 1.0)"),
+    "seconds_per_unit_per_frame": ("adapttoken_ext/stages.py",
+                                   "info.duration_s * adapter.unit / len(idx)", "info.duration_s / len(idx)"),
+    "unit_text_dropped": ("adapttoken_ext/models/base.py",
+                          "(~vis & torch.isin(self.unit, kept_units))", "(~vis & (self.unit < -1))"),
+    "offloaded_device_ignored": ("adapttoken_ext/models/common.py",
+                                 'dev = getattr(hook, "execution_device", None)', "dev = None"),
+    "scores_from_wrong_group_rows": ("adapttoken_ext/stages.py",
+                                     "scores = span[(seq.visual_columns - vs).to(span.device)].cpu()",
+                                     "scores = span.flip(0)[(seq.visual_columns - vs).to(span.device)].cpu()"),
+    "floor_checked_late": ("adapttoken_ext/stages.py",
+                           "if int(capacity.clamp(max=cfg.per_group_floor).sum()) > cfg.budget:",
+                           "if False:"),
+    "hook_not_restored": ("adapttoken_ext/models/attention_hook.py",
+                          "        local.pop(name, None)\n", "        pass\n"),
+}
+
+TESTS = ["python_tests/test_pipeline.py", "python_tests/test_sequence.py",
+         "-k", "not 10k_frames and not demo_console"]
+
+
+def run(name: str, file: str, old: str, new: str) -> bool:
+    """True when the mutant is killed (a test fails)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / "repo"
+        shutil.copytree(ROOT, copy, ignore=shutil.ignore_patterns(".git", "build", "mutants", "__pycache__"))
+        path = copy / file
+        text = path.read_text()
+        if text.count(old) != 1:
+            raise SystemExit(f"{name}: the original text is not found exactly once in {file}")
+        path.write_text(text.replace(old, new))
+        env = dict(os.environ, PYTHONPATH=str(copy))
+        p = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *TESTS],
+                           cwd=copy, env=env, capture_output=True, text=True)
+        return p.returncode != 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("-k", default="", help="only mutants whose name contains this")
+    args = ap.parse_args()
+    chosen = {k: v for k, v in MUTANTS.items() if args.k in k}
+    file, old, _ = MUTANTS["queries_include_visual_rows"]
+    if run("baseline", file, old, old):
+        print("the unmutated copy fails its tests: fix that first")
+        return 2
+    survived = []
+    for name, (file, old, new) in chosen.items():
+        killed = run(name, file, old, new)
+        print(f"{'killed  ' if killed else 'SURVIVED'} {name}", flush=True)
+        if not killed:
+            survived.append(name)
+    print(f"{len(chosen) - len(survived)}/{len(chosen)} seeded mutants killed")
+    return 1 if survived else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
