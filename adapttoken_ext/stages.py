@@ -16,6 +16,7 @@ The adapter (:class:`~adapttoken_ext.models.base.VideoAdapter`) hides the model 
 from __future__ import annotations
 
 import math
+import re
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -95,7 +96,7 @@ class Plan:
         return Clip(list(units), [self.frame_times_s[u * self.unit] for u in units], spu)
 
 
-_LETTERS = __import__("re").compile(r"^\s*\(?([A-Z])\s*[.):]\s*\S")
+_LETTERS = re.compile(r"^\s*\(?([A-Z])\s*[.):]\s*\S")
 
 
 def parse_options(options) -> list[str]:

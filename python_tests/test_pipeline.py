@@ -10,6 +10,7 @@ import os
 from fractions import Fraction
 
 import av
+import numpy as np
 import pytest
 import torch
 
@@ -83,7 +84,7 @@ def dup_video(tmp_path_factory, bikes):
     with av.open(bikes) as c:
         src = [f.to_ndarray(format="rgb24", width=168, height=84)
                for i, f in enumerate(c.decode(video=0)) if i % 7 == 0][:32]
-    frames = torch.from_numpy(__import__("numpy").stack(src)).repeat_interleave(2, dim=0)
+    frames = torch.from_numpy(np.stack(src)).repeat_interleave(2, dim=0)
     return _write_video(tmp_path_factory.mktemp("dup") / "dup.mp4", frames)
 
 
