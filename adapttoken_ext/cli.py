@@ -77,11 +77,13 @@ def _config(args, demo: bool):
 
 
 def format_table(result) -> str:
-    """Per-group table: frames, tokens, entropy, budget, selected."""
-    lines = [f"{'group':>5} {'frames':>13} {'tokens':>7} {'entropy':>8} {'budget':>7} {'selected':>8}"]
+    """Per-group table: time span (s), frames, tokens, entropy, budget, selected."""
+    t = dict(zip(result.frames, result.timestamps_s))
+    lines = [f"{'group':>5} {'seconds':>15} {'frames':>6} {'tokens':>7} {'entropy':>8} {'budget':>7} {'selected':>8}"]
     for g in result.groups:
-        span = f"{g.frames[0]}..{g.frames[-1]}" if g.frames else "-"
-        lines.append(f"{g.index:>5} {span:>13} {g.num_tokens:>7} {g.entropy:>8.4f} {g.budget:>7} {g.selected:>8}")
+        span = f"{t[g.frames[0]]:.1f}-{t[g.frames[-1]]:.1f}" if g.frames else "-"
+        lines.append(f"{g.index:>5} {span:>15} {len(g.frames):>6} {g.num_tokens:>7} {g.entropy:>8.4f} "
+                     f"{g.budget:>7} {g.selected:>8}")
     return "\n".join(lines)
 
 
@@ -104,11 +106,11 @@ def plot(result, path: str, title: str = "") -> None:
     ax1.set_title(title or "AdaptToken: group entropy and budget (lower entropy, larger budget)")
     t = result.selected_tokens
     rows, cols = result.grid if result.grid[1] else (1, 1)
-    ax3.scatter([x["frame"] for x in t], [x["h"] * cols + x["w"] for x in t],
+    ax3.scatter([x["time_s"] for x in t], [x["h"] * cols + x["w"] for x in t],
                 c=[x["score"] for x in t], s=6, cmap="viridis")
-    ax3.set_xlim(0, max(result.frames) + 1)
+    ax3.set_xlim(0, max(result.timestamps_s) * 1.01 + 1e-3)
     ax3.set_ylim(-0.5, rows * cols - 0.5)
-    ax3.set_xlabel("video frame")
+    ax3.set_xlabel("video time (s)")
     ax3.set_ylabel("token in frame (raster)")
     ax3.set_title(f"{len(t)} selected tokens (colour: attention score)")
     tmp = f"{path}.partial.png"
@@ -161,8 +163,8 @@ def main(argv=None) -> int:
               f"got the largest share of the budget ({best.budget} tokens); inside each group the "
               f"tokens with the highest question-to-video attention at layer {at.reference_layer} were kept.")
         top = sorted(result.selected_tokens, key=lambda x: -x["score"])[:5]
-        print("top tokens (frame, row, col, score): " +
-              ", ".join(f"({x['frame']}, {x['h']}, {x['w']}, {x['score']:.3f})" for x in top))
+        print("top tokens (seconds, row, col, score): " +
+              ", ".join(f"({x['time_s']:.2f}, {x['h']}, {x['w']}, {x['score']:.3f})" for x in top))
     print(f"time {result.timings_s['total']:.2f} s, peak host RSS "
           f"{result.peak_memory_bytes['host_rss'] / 2**20:.0f} MiB")
     if args.json:

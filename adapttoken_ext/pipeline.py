@@ -24,15 +24,18 @@ __all__ = ["AdaptToken", "AdaptTokenResult", "GroupRecord", "parse_options", "gr
 
 @dataclass
 class AdaptTokenResult:
-    """What :meth:`AdaptToken.answer` returns. ``selected_tokens`` lists dicts
-    ``{frame, h, w, score}``: the first video frame of the token's unit, its row and column
-    in the merged token grid, and its attention score. ``timings_s`` has one entry per
+    """What :meth:`AdaptToken.answer` returns. ``frames``: the sampled frame indices;
+    ``timestamps_s``: their presentation times in seconds (method.md step 0).
+    ``selected_tokens`` lists dicts ``{frame, time_s, h, w, score}``: the first video frame
+    of the token's unit and its time, its row and column in the merged token grid, and its
+    attention score. ``timings_s`` has one entry per
     stage in :data:`STAGES` plus ``total``; ``peak_memory_bytes`` has ``host_rss`` and, on
     GPU, ``cuda``. ``candidate_rows_peak``: the most candidate embeddings held on the
     host at once (rows of ``hidden``)."""
     answer: str
     model: str
     frames: list[int]
+    timestamps_s: list[float]
     groups: list[GroupRecord]
     budget: int
     selected_tokens: list[dict]
@@ -148,10 +151,12 @@ class AdaptToken:
             mem["cuda"] = max(int(torch.cuda.max_memory_allocated(i)) for i in range(torch.cuda.device_count()))
         rows, cols = plan.grid
         tpu = rows * cols
-        tokens = [{"frame": plan.frames[k // tpu * plan.unit], "h": k % tpu // cols, "w": k % cols,
-                   "score": s} for k, s in zip(keys.tolist(), scores.tolist())]
+        tokens = [{"frame": plan.frames[k // tpu * plan.unit], "time_s": plan.frame_times_s[k // tpu * plan.unit],
+                   "h": k % tpu // cols, "w": k % cols, "score": s}
+                  for k, s in zip(keys.tolist(), scores.tolist())]
         return AdaptTokenResult(
-            answer=ad.decode(out_ids).strip(), model=self.name, frames=plan.frames, groups=records,
+            answer=ad.decode(out_ids).strip(), model=self.name, frames=plan.frames,
+            timestamps_s=plan.frame_times_s, groups=records,
             budget=cfg.budget, selected_tokens=tokens, stopped_after_group=stopped,
             timings_s=timings, peak_memory_bytes=mem, tiny_model=self.tiny,
             candidate_rows_peak=peak_rows, grid=plan.grid)

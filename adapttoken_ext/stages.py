@@ -15,6 +15,7 @@ The adapter (:class:`~adapttoken_ext.models.base.VideoAdapter`) hides the model 
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import time
@@ -131,7 +132,7 @@ def make_plan(adapter, info: VideoInfo, cfg: AdaptTokenConfig, question: str,
     mode = cfg.entropy_mode if cfg.entropy_mode != "auto" else ("options" if letters else "vocab")
     if mode == "options" and not letters:
         raise ValueError("entropy_mode: 'options' needs options")
-    idx = sample_frame_indices(info.num_frames, cfg.frames, adapter.unit)
+    idx = sample_frame_indices(info.num_frames, cfg.frames, adapter.unit, info.timestamps_s)
     H, W = adapter.frame_size(info.height, info.width, cfg.max_pixels)
     rows, cols = adapter.unit_grid(H, W)
     groups = selection.make_groups(len(idx) // adapter.unit, cfg.units_per_group, cfg.group_layout)
@@ -143,12 +144,13 @@ def make_plan(adapter, info: VideoInfo, cfg: AdaptTokenConfig, question: str,
     option_ids = adapter.option_token_ids(letters) if mode == "options" else None
     tau = cfg.stop_threshold if cfg.stop_threshold is not None else selection.stop_threshold(
         len(letters) if option_ids else None)
-    fps = info.fps if info.fps > 0 else 1.0  # a stream without a rate: 1 frame per second
+    if not info.fps > 0:  # a stream without a rate: 1 frame per second
+        info = dataclasses.replace(info, fps=1.0)
     return Plan(
-        unit=adapter.unit, frames=idx, frame_times_s=[i / fps for i in idx], size=(H, W),
+        unit=adapter.unit, frames=idx, frame_times_s=[info.frame_time(i) for i in idx], size=(H, W),
         grid=(rows, cols), groups=groups, capacity=capacity,
-        # the processor's rule: temporal patch size / sampling rate
-        seconds_per_unit=info.num_frames / fps * adapter.unit / len(idx),
+        # the processor's rule: temporal patch size / sampling rate (frames over the duration)
+        seconds_per_unit=info.duration_s * adapter.unit / len(idx),
         group_stride=len(groups) if cfg.group_layout == "interleaved" else 1,
         prompt=adapter.prompt(question, options, instruction), option_ids=option_ids,
         stop_threshold=tau, max_new_tokens=cfg.max_new_tokens or (16 if letters else 128))

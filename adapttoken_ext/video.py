@@ -21,15 +21,31 @@ __all__ = ["VideoInfo", "VideoReader", "sample_video", "make_long_video", "sampl
 
 @dataclass(frozen=True)
 class VideoInfo:
-    """Stream metadata: ``num_frames`` (int), ``fps`` (frames per second), ``width``/``height`` (pixels)."""
+    """Stream metadata: ``num_frames`` (int), ``fps`` (average frames per second),
+    ``width``/``height`` (pixels, as displayed: swapped for a video rotated by 90 degrees),
+    ``timestamps_s``: each frame's presentation time in seconds from the stream's start,
+    in presentation order (empty when unknown: then frame ``i`` is taken to sit at
+    ``i / fps``), and ``rotation``: the display matrix's counter-clockwise rotation in
+    degrees (0, 90, 180 or -90), which decoded frames have already been given."""
     num_frames: int
     fps: float
     width: int
     height: int
+    timestamps_s: tuple = ()
+    rotation: int = 0
+
+    def frame_time(self, i: int) -> float:
+        """Presentation time (s) of frame ``i``."""
+        return self.timestamps_s[i] if self.timestamps_s else i / self.fps
 
     @property
     def duration_s(self) -> float:
-        return self.num_frames / self.fps
+        """From the first frame's start to the last frame's end (``num_frames / fps`` at a
+        constant rate)."""
+        ts = self.timestamps_s
+        if len(ts) < 2:
+            return self.num_frames / self.fps
+        return ts[-1] - ts[0] + (ts[-1] - ts[0]) / (len(ts) - 1)
 
 
 def _torchcodec_decoder(path: str):
@@ -62,6 +78,8 @@ class VideoReader:
         self.cache_bytes = cache_bytes
         self._cache: dict[int, torch.Tensor] = {}
         self._uses: collections.Counter = collections.Counter()
+        if os.path.isdir(self.path):
+            raise ValueError(f"video: {self.path!r} is a directory, not a video file")
         if not os.path.isfile(self.path):
             raise FileNotFoundError(f"video: no such file: {self.path!r}")
         self._tc = _torchcodec_decoder(self.path)
@@ -85,12 +103,24 @@ class VideoReader:
                     raise ValueError(f"video: {self.path!r} has no video frames (no video stream)")
                 s = c.streams.video[0]
                 fps = float(s.average_rate or s.guessed_rate or 0) or 25.0
-                n = int(s.frames or 0)
-                if n <= 0 and s.duration is not None and s.time_base is not None:
-                    n = int(round(float(s.duration * s.time_base) * fps))
-                if n <= 0:  # no count in the container: count packets
-                    n = sum(1 for p in c.demux(s) if p.size)
-                return VideoInfo(n, fps, s.codec_context.width, s.codec_context.height)
+                # One demux pass (no decoding): every frame's pts in presentation order, which
+                # maps frames to indices also at a variable rate, and the keyframes to seek to.
+                pts, key = [], set()
+                for p in c.demux(s):
+                    if p.size and p.pts is not None:
+                        pts.append(p.pts)
+                        if p.is_keyframe:
+                            key.add(p.pts)
+                pts.sort()
+                self._pts = pts
+                self._keyframes = sorted(i for i, t in enumerate(pts) if t in key) or [0]
+                start = pts[0] if pts else 0
+                times = tuple(float((t - start) * s.time_base) for t in pts)
+                w, h = s.codec_context.width, s.codec_context.height
+            rot = _display_rotation(self.path) if pts else 0
+            if rot % 180:
+                w, h = h, w
+            return VideoInfo(len(pts), fps, w, h, times, rot)
         except av.FFmpegError as e:
             raise ValueError(f"video: {self.path!r} is not a readable video ({e})") from None
 
@@ -128,15 +158,12 @@ class VideoReader:
         if self._av is None:
             self._av = av.open(self.path)
             s = self._av.streams.video[0]
-            start = s.start_time or 0
-            # Keyframe index from a demux pass (no decoding): decides seek vs decode-forward.
-            self._keyframes = sorted({self._frame_index(p.pts, s, start) for p in self._av.demux(s)
-                                      if p.is_keyframe and p.pts is not None}) or [0]
-            self._stream, self._start = s, start
+            self._stream = s
+            self._index = {t: i for i, t in enumerate(self._pts)}  # pts -> frame index
             s.thread_type = "AUTO"
             self._iter = None
             self._next = 0  # index of the frame the open iterator yields next
-        s, start = self._stream, self._start
+        s = self._stream
         out = torch.empty((len(indices), 3, height, width), dtype=torch.uint8)
         caching = self.cache_bytes > 0 and getattr(self, "_size", None) == (height, width)
         frame_bytes = 3 * height * width
@@ -151,13 +178,12 @@ class VideoReader:
             kf = self._keyframes[max(0, bisect.bisect_right(self._keyframes, target) - 1)]
             room = caching and (len(self._cache) + 1) * frame_bytes <= self.cache_bytes
             if self._iter is None or not (0 <= self._next <= target and (kf <= self._next or room)):
-                pts = start + int(Fraction(kf) / Fraction(self.info.fps).limit_denominator(1001000) / s.time_base)
-                self._av.seek(pts, stream=s, backward=True, any_frame=False)
+                self._av.seek(self._pts[kf], stream=s, backward=True, any_frame=False)
                 self._iter = self._av.decode(s)
                 self._next = -1
             last = None
             for frame in self._iter:
-                idx = self._frame_index(frame.pts, s, start) if frame.pts is not None else self._next
+                idx = self._index.get(frame.pts, self._next) if frame.pts is not None else self._next
                 self._next = idx + 1
                 last = frame
                 if idx >= target:
@@ -171,15 +197,17 @@ class VideoReader:
         return out
 
     def _rgb(self, frame, height, width) -> torch.Tensor:
+        """The frame as displayed (display matrix applied), resized to ``height x width``."""
         if getattr(self, "_reformatter", None) is None:  # one scaler context for all frames
             from av.video.reformatter import VideoReformatter
             self._reformatter = VideoReformatter()
+        k = self.info.rotation // 90
+        if k % 2:  # stored sideways: scale to the stored shape, then turn
+            height, width = width, height
         img = self._reformatter.reformat(frame, width=width, height=height, format="rgb24",
                                          interpolation="BICUBIC")
-        return torch.from_numpy(img.to_ndarray()).permute(2, 0, 1)
-
-    def _frame_index(self, pts, stream, start) -> int:
-        return int(round(float((pts - start) * stream.time_base) * self.info.fps))
+        x = torch.from_numpy(img.to_ndarray()).permute(2, 0, 1)
+        return torch.rot90(x, k, dims=(1, 2)).contiguous() if k else x
 
     def close(self):
         if self._av is not None:
@@ -191,6 +219,16 @@ class VideoReader:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _display_rotation(path: str) -> int:
+    """The display matrix's counter-clockwise rotation (degrees, a multiple of 90) of the
+    first video frame; PyAV exposes it on decoded frames."""
+    import av
+    with av.open(path) as c:
+        for frame in c.decode(video=0):
+            return (0, 90, 180, -90)[round((frame.rotation or 0) / 90) % 4]
+    return 0
 
 
 def sample_video(name: str = "bikes.mp4") -> Path:
@@ -257,13 +295,22 @@ def make_long_video(out: str | os.PathLike, num_frames: int, width: int = 320, h
     return out
 
 
-def sample_frame_indices(num_video_frames: int, frames: int, unit: int) -> list[int]:
-    """Uniform frame sample over the whole video (method.md step 0).
+def sample_frame_indices(num_video_frames: int, frames: int, unit: int,
+                         timestamps_s=None) -> list[int]:
+    """Frames sampled uniformly in presentation time over the whole video (method.md step 0).
 
     ``min(frames, num_video_frames)`` rounded down to a multiple of ``unit`` (at least one
-    unit; a short video repeats its last frame to fill it), centred in equal bins.
+    unit; a short video repeats its last frame to fill it). Sample k targets the centre of
+    the k-th of equal time bins and takes the frame shown then (the last one starting at or
+    before it). ``timestamps_s``: each frame's time, ascending; None: a constant rate, where
+    this is the centres of equal index bins.
     """
     f = min(frames, num_video_frames)
     f = max(unit, f - f % unit)
-    return [min(num_video_frames - 1, int((i + 0.5) * num_video_frames / f)) for i in range(f)]
-
+    if not timestamps_s:
+        return [min(num_video_frames - 1, int((i + 0.5) * num_video_frames / f)) for i in range(f)]
+    ts = list(timestamps_s)
+    n = len(ts)
+    step = (ts[-1] - ts[0]) / (n - 1) if n > 1 else 1.0  # the last frame lasts one mean frame
+    t0, span = ts[0], ts[-1] - ts[0] + step
+    return [max(0, bisect.bisect_right(ts, t0 + (i + 0.5) * span / f) - 1) for i in range(f)]

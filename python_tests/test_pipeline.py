@@ -393,6 +393,8 @@ def test_result_json_keys(at, bikes, tmp_path):
 def test_bad_input_errors(at, bikes, tmp_path):
     with pytest.raises(FileNotFoundError, match="video"):
         at.answer(str(tmp_path / "missing.mp4"), QUESTION)
+    with pytest.raises(ValueError, match="video: .* is a directory"):
+        at.answer(str(tmp_path), QUESTION)
     text = tmp_path / "notes.mp4"
     text.write_text("not a video")
     with pytest.raises(ValueError, match="video: .* not a readable video"):
@@ -458,6 +460,84 @@ def test_video_reader_cache_gives_the_same_frames(bikes):
         f = [idx[u * 2 + j] for u in units for j in range(2)]
         assert torch.equal(cached.get_frames(f, 48, 112), plain.get_frames(f, 48, 112))
     assert not cached._cache  # every cached frame was handed out and released
+
+
+def _write_vfr(path, times_ms):
+    """H.264 (lossless) with explicit pts in ms; frame i is a flat grey of value 4 * i."""
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=50, options={"qp": "0", "preset": "ultrafast", "bf": "0"})
+        s.width, s.height, s.pix_fmt, s.time_base = 64, 48, "yuv444p", Fraction(1, 1000)
+        for i, t in enumerate(times_ms):
+            vf = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 4 * i, np.uint8), format="rgb24")
+            vf.pts, vf.time_base = t, Fraction(1, 1000)
+            for p in s.encode(vf):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return str(path)
+
+
+def test_variable_frame_rate_is_sampled_uniformly_in_time(tmp_path):
+    """5 frames in the first second, 50 in the second: half the samples come from each
+    second, frames are found by presentation time, timestamps match a sequential decode."""
+    times = [200 * i for i in range(5)] + [1000 + 20 * i for i in range(50)]
+    path = _write_vfr(tmp_path / "vfr.mp4", times)
+    with av.open(path) as c:
+        seq = [(f.time, int(f.to_ndarray(format="rgb24").mean().round())) for f in c.decode(video=0)]
+    with VideoReader(path) as r:
+        assert r.info.num_frames == 55
+        assert r.info.timestamps_s == pytest.approx([t - seq[0][0] for t, _ in seq])
+        assert r.info.duration_s == pytest.approx(2.0, abs=0.05)
+        idx = sample_frame_indices(r.info.num_frames, 10, 2, r.info.timestamps_s)
+        got = r.get_frames(idx, 48, 64).float().mean(dim=(1, 2, 3)).round().int().tolist()
+    t = [r.info.timestamps_s[i] for i in idx]
+    assert sum(x < 1.0 for x in t) == 5  # index-uniform sampling would give 1
+    for k, x in enumerate(t):  # each sample is the frame shown at its bin's centre
+        centre = (k + 0.5) * r.info.duration_s / 10
+        assert x <= centre + 1e-9 and (idx[k] + 1 == 55 or r.info.timestamps_s[idx[k] + 1] > centre - 1e-9)
+    assert got == [seq[i][1] for i in idx]
+
+
+@pytest.mark.parametrize("degrees", [90, -90, 180])
+def test_rotated_video_is_decoded_as_displayed(tmp_path, degrees):
+    """A landscape 64x48 frame whose left half is white, stored with a display rotation
+    (counter-clockwise degrees): 90 shows it portrait with the white half at the bottom,
+    -90 at the top, 180 on the right."""
+    img = np.zeros((48, 64, 3), np.uint8)
+    img[:, :32] = 255
+    path = tmp_path / "rot.mp4"
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=25, options={"qp": "0"})
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv444p"
+        s.set_display_rotation(degrees)
+        for i in range(4):
+            vf = av.VideoFrame.from_ndarray(img, format="rgb24")
+            vf.pts, vf.time_base = i, Fraction(1, 25)
+            for p in s.encode(vf):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    with VideoReader(path) as r:
+        H, W = (64, 48) if degrees != 180 else (48, 64)
+        assert (r.info.height, r.info.width, r.info.rotation) == (H, W, degrees)
+        f = r.get_frames([0, 3], H // 2, W // 2)[0].float().mean(0)  # [h, w] grey level
+    h, w = f.shape
+    halves = {90: (f[h // 2 + 2:], f[: h // 2 - 2]), -90: (f[: h // 2 - 2], f[h // 2 + 2:]),
+              180: (f[:, w // 2 + 2:], f[:, : w // 2 - 2])}[degrees]
+    assert halves[0].min() > 200 and halves[1].max() < 50
+
+
+def test_result_reports_timestamps(at, bikes):
+    res = at.answer(bikes, QUESTION, OPTIONS, progress=False)
+    with av.open(bikes) as c:
+        s = c.streams.video[0]
+        first = next(c.decode(s)).time
+    assert res.timestamps_s == pytest.approx([i / 25 for i in res.frames], abs=1e-6)  # 25 fps, CFR
+    with VideoReader(bikes) as r:
+        assert sample_frame_indices(250, 64, 2, r.info.timestamps_s) == sample_frame_indices(250, 64, 2)
+    assert first == pytest.approx(0.0, abs=0.1)
+    for tok in res.selected_tokens:
+        assert tok["time_s"] == pytest.approx(tok["frame"] / 25, abs=1e-6)
 
 
 def test_sample_frame_indices():
