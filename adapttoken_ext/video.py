@@ -10,6 +10,7 @@ import bisect
 import collections
 import importlib.metadata
 import os
+import warnings
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -106,12 +107,20 @@ class VideoReader:
                 # One demux pass (no decoding): every frame's pts in presentation order, which
                 # maps frames to indices also at a variable rate, and the keyframes to seek to.
                 pts, key = [], set()
-                for p in c.demux(s):
-                    if p.size and p.pts is not None:
-                        pts.append(p.pts)
-                        if p.is_keyframe:
-                            key.add(p.pts)
+                try:
+                    for p in c.demux(s):
+                        if p.size and p.pts is not None:
+                            pts.append(p.pts)
+                            if p.is_keyframe:
+                                key.add(p.pts)
+                except av.FFmpegError:  # a damaged tail: keep what was read
+                    pass
                 pts.sort()
+                declared = int(round(c.duration / 1e6 * fps)) if c.duration else int(s.frames or 0)
+                if pts and declared > len(pts) + max(2, declared // 100):
+                    warnings.warn(f"video: {self.path!r} looks truncated: {len(pts)} of about "
+                                  f"{declared} frames are readable; using those", RuntimeWarning,
+                                  stacklevel=3)
                 self._pts = pts
                 self._keyframes = sorted(i for i, t in enumerate(pts) if t in key) or [0]
                 start = pts[0] if pts else 0

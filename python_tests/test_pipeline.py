@@ -564,6 +564,14 @@ def test_cli_answer_end_to_end(tiny_dir, bikes, tmp_path, capsys):
     assert png.read_bytes()[:4] == b"\x89PNG"
     rc = main(["answer", "--video", str(tmp_path / "nope.mp4"), "--question", QUESTION, "--quiet"])
     assert rc == 2 and "--video" in capsys.readouterr().err
+    bad = tmp_path / "bad.mp4"
+    bad.write_text("not a video")
+    before = out.read_bytes()
+    rc = main(["answer", "--video", str(bad), "--question", QUESTION, "--model", str(tiny_dir),
+               "--json", str(out), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "not a readable video" in err and "Traceback" not in err
+    assert out.read_bytes() == before  # a failed run leaves earlier output as it was
 
 
 def test_cli_loading_flags(tiny_dir, bikes, tmp_path, capsys):
