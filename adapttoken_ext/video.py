@@ -116,7 +116,7 @@ class VideoReader:
                 except av.FFmpegError:  # a damaged tail: keep what was read
                     pass
                 pts.sort()
-                declared = int(round(c.duration / 1e6 * fps)) if c.duration else int(s.frames or 0)
+                declared = _declared_frames(c, s, fps)
                 if pts and declared > len(pts) + max(2, declared // 100):
                     warnings.warn(f"video: {self.path!r} looks truncated: {len(pts)} of about "
                                   f"{declared} frames are readable; using those", RuntimeWarning,
@@ -228,6 +228,16 @@ class VideoReader:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _declared_frames(container, stream, fps: float) -> int:
+    """The frame count the file's headers promise: the stream's count, else its duration,
+    else the container's (which may include longer audio), times the rate; 0 if none."""
+    if stream.frames:
+        return int(stream.frames)
+    if stream.duration is not None and stream.time_base is not None:
+        return int(round(float(stream.duration * stream.time_base) * fps))
+    return int(round(container.duration / 1e6 * fps)) if container.duration else 0
 
 
 def _display_rotation(path: str) -> int:
