@@ -57,14 +57,17 @@ class Spy:
         return logits, state
 
 
-def _write_video(path, frames):
-    """H.264 (lossless) file from uint8 [N, H, W, 3] frames."""
+def _write_video(path, frames, times_ms=None):
+    """H.264 (lossless) file from uint8 [N, H, W, 3] frames, at 25 fps or at explicit
+    presentation times ``times_ms``."""
+    tb = Fraction(1, 25) if times_ms is None else Fraction(1, 1000)
     with av.open(str(path), "w") as c:
-        s = c.add_stream("libx264", rate=25, options={"qp": "0", "preset": "ultrafast"})
-        s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], "yuv444p"
+        s = c.add_stream("libx264", rate=25 if times_ms is None else 50,
+                         options={"qp": "0", "preset": "ultrafast", "bf": "0"})
+        s.width, s.height, s.pix_fmt, s.time_base = frames.shape[2], frames.shape[1], "yuv444p", tb
         for i, f in enumerate(frames):
             vf = av.VideoFrame.from_ndarray(f.numpy(), format="rgb24")
-            vf.pts, vf.time_base = i, Fraction(1, 25)
+            vf.pts, vf.time_base = (i if times_ms is None else times_ms[i]), tb
             for p in s.encode(vf):
                 c.mux(p)
         for p in s.encode():
@@ -462,26 +465,12 @@ def test_video_reader_cache_gives_the_same_frames(bikes):
     assert not cached._cache  # every cached frame was handed out and released
 
 
-def _write_vfr(path, times_ms):
-    """H.264 (lossless) with explicit pts in ms; frame i is a flat grey of value 4 * i."""
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("libx264", rate=50, options={"qp": "0", "preset": "ultrafast", "bf": "0"})
-        s.width, s.height, s.pix_fmt, s.time_base = 64, 48, "yuv444p", Fraction(1, 1000)
-        for i, t in enumerate(times_ms):
-            vf = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 4 * i, np.uint8), format="rgb24")
-            vf.pts, vf.time_base = t, Fraction(1, 1000)
-            for p in s.encode(vf):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
-    return str(path)
-
-
 def test_variable_frame_rate_is_sampled_uniformly_in_time(tmp_path):
     """5 frames in the first second, 50 in the second: half the samples come from each
     second, frames are found by presentation time, timestamps match a sequential decode."""
     times = [200 * i for i in range(5)] + [1000 + 20 * i for i in range(50)]
-    path = _write_vfr(tmp_path / "vfr.mp4", times)
+    grey = torch.arange(55, dtype=torch.uint8)[:, None, None, None] * 4  # frame i: grey 4 * i
+    path = _write_video(tmp_path / "vfr.mp4", grey.expand(55, 48, 64, 3).contiguous(), times)
     with av.open(path) as c:
         seq = [(f.time, int(f.to_ndarray(format="rgb24").mean().round())) for f in c.decode(video=0)]
     with VideoReader(path) as r:
