@@ -6,7 +6,7 @@ import json
 import os
 import sys
 
-TINY_WARNING = ("NOTE: using the built-in tiny Qwen2.5-VL with RANDOM weights (no download). "
+TINY_WARNING = ("NOTE: using the built-in tiny {family} model with RANDOM weights (no download). "
                 "Its answers are meaningless; pass --model for a real checkpoint.")
 DEMO_QUESTION = "What are the people in the video doing?"
 DEMO_OPTIONS = ["A. Riding bikes", "B. Cooking dinner", "C. Playing chess", "D. Swimming"]
@@ -29,14 +29,18 @@ def _device_map(text):
 
 
 def _parser() -> argparse.ArgumentParser:
+    from .models import ADAPTERS
+    from .models.tiny import FAMILIES
     p = argparse.ArgumentParser(prog="adapttoken", description=(
         "AdaptToken: entropy-guided visual-token selection for long-video question answering."))
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp):
         sp.add_argument("--model", default=None, help="hub id or local path of a supported "
-                        "checkpoint (model_type qwen2_5_vl; default: the offline tiny model with "
-                        "random weights)")
+                        f"checkpoint (model_type {', '.join(ADAPTERS)}; default: the offline "
+                        "tiny model of --family with random weights)")
+        sp.add_argument("--family", default="qwen2_5_vl", choices=sorted(FAMILIES),
+                        help="model_type of the offline tiny model used without --model")
         sp.add_argument("--frames", type=int, default=None, help="frames sampled (method.md step 0)")
         sp.add_argument("--budget", type=int, default=None, help="visual tokens kept (step 5)")
         sp.add_argument("--units-per-group", type=int, default=None, help="units per group (step 1)")
@@ -142,9 +146,10 @@ def main(argv=None) -> int:
         dtype = _DTYPES[args.dtype] and getattr(torch, _DTYPES[args.dtype])
         at = AdaptToken.from_pretrained(args.model, config=config, device=args.device, dtype=dtype,
                                         device_map=_device_map(args.device_map),
-                                        attn_implementation=args.attn_implementation)
+                                        attn_implementation=args.attn_implementation,
+                                        family=args.family)
         if at.tiny:
-            print(TINY_WARNING, file=sys.stderr)
+            print(TINY_WARNING.format(family=args.family), file=sys.stderr)
         result = at.answer(video, question, options, progress=not args.quiet)
     except (ValueError, OSError, ImportError) as e:  # bad input, missing file, checkpoint or backend
         print(f"adapttoken: error: {e}", file=sys.stderr)

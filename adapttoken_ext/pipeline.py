@@ -102,18 +102,24 @@ class AdaptToken:
     @classmethod
     def from_pretrained(cls, model: str | None = None, config: AdaptTokenConfig | None = None,
                         device: str = "cpu", dtype=None, device_map=None,
-                        attn_implementation: str | None = None) -> "AdaptToken":
+                        attn_implementation: str | None = None,
+                        family: str = "qwen2_5_vl") -> "AdaptToken":
         """Load a checkpoint (hub id or local path); its ``model_type`` picks the adapter
         (``adapttoken_ext.models.load``). ``model=None`` builds/loads the offline tiny
-        Qwen2.5-VL with random weights (its answers are meaningless). ``device_map``
-        (None, ``"auto"`` or a dict) splits a large model across devices."""
+        checkpoint of ``family`` (a ``model_type``) with random weights (its answers are
+        meaningless). ``device_map`` (None, ``"auto"`` or a dict) splits a large model
+        across devices.
+
+        Raises:
+            ValueError: no adapter for the checkpoint's ``model_type``, or no tiny ``family``.
+        """
         from . import models
-        from .models.tiny import TINY_MODEL_ID, ensure_tiny_model
-        tiny = model in (None, TINY_MODEL_ID)
-        path = str(ensure_tiny_model()) if tiny else model
+        from .models.tiny import ensure_tiny_model, tiny_model_id
+        tiny = model is None or model == tiny_model_id(family)
+        path = str(ensure_tiny_model(family)) if tiny else model
         adapter = models.load(path, device=device, dtype=dtype, device_map=device_map,
                               attn_implementation=attn_implementation)
-        return cls(adapter, config, name=TINY_MODEL_ID if tiny else model, tiny=tiny)
+        return cls(adapter, config, name=tiny_model_id(family) if tiny else model, tiny=tiny)
 
     def answer(self, video, question: str, options: list[str] | None = None,
                progress: bool = True) -> AdaptTokenResult:

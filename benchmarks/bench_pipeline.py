@@ -73,12 +73,13 @@ def qwen25_vl_7b_dir(cache: Path) -> Path:
     return out
 
 
-def load_adapter(model: str, device: str, cache: Path):
+def load_adapter(model: str, device: str, cache: Path, family: str = "qwen2_5_vl"):
     import torch
+    from adapttoken_ext import models
     from adapttoken_ext.models.qwen2_5_vl import Qwen2_5_VLAdapter
     from adapttoken_ext.models.tiny import ensure_tiny_model
     if model == "tiny":
-        return Qwen2_5_VLAdapter.from_pretrained(str(ensure_tiny_model()), device=device)
+        return models.load(str(ensure_tiny_model(family)), device=device)
     path = qwen25_vl_7b_dir(cache) if model == "qwen2.5-vl-7b" else Path(model)
     from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
     if (path / "model.safetensors").exists() or (path / "model.safetensors.index.json").exists():
@@ -132,7 +133,7 @@ def child(args) -> None:
     from adapttoken_ext import AdaptToken, AdaptTokenConfig, backend
     from adapttoken_ext.selection import make_groups
     cache = Path(args.cache)
-    adapter = load_adapter(args.model, args.device, cache)
+    adapter = load_adapter(args.model, args.device, cache, args.family)
     cfg = dict(frames=args.frame_count, decode_cache_mb=args.decode_cache_mb)
     if args.model == "tiny":
         cfg.update(max_pixels=112 * 224, units_per_group=16, budget=256)
@@ -163,7 +164,8 @@ def run_variant(variant, frames, video, args) -> dict:
     if variant == "reference":
         env["ADAPTTOKEN_DISABLE_EXT"] = "1"
     cmd = [sys.executable, __file__, "--child", "--variant", variant, "--frame-count", str(frames),
-           "--video", video, "--model", args.model, "--device", args.device, "--cache", args.cache,
+           "--video", video, "--model", args.model, "--family", args.family, "--device", args.device,
+           "--cache", args.cache,
            "--decode-cache-mb", str(args.decode_cache_mb)]
     p = subprocess.run(cmd, env=env, capture_output=True, text=True)
     line = next((ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")), None)
@@ -251,6 +253,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--model", default=None, help="tiny (CPU default), qwen2.5-vl-7b (GPU default) or a path")
+    ap.add_argument("--family", default="qwen2_5_vl", help="model_type of the tiny model "
+                    "(with --model tiny)")
     ap.add_argument("--frames", type=int, nargs="+", default=None)
     ap.add_argument("--variants", nargs="+", default=["kernels", "reference", "lite", "unpruned"])
     ap.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "adapttoken_bench"))
@@ -295,9 +299,10 @@ def main():
     for k, v in ratios.items():
         print(f"{k}: {v:.3f}")
     RESULTS.mkdir(exist_ok=True)
-    tag = args.tag or f"{args.device}_pipeline"
+    family = "" if args.family == "qwen2_5_vl" or args.model != "tiny" else f"_{args.family}"
+    tag = args.tag or f"{args.device}_pipeline{family}"
     env = environment(args.device)
-    env.update(model=args.model, decode_cache_mb=args.decode_cache_mb, video=f"{n} frames concatenated from bikes.mp4 + bigbuckbunny.mp4",
+    env.update(model=args.model, family=args.family, decode_cache_mb=args.decode_cache_mb, video=f"{n} frames concatenated from bikes.mp4 + bigbuckbunny.mp4",
                lite_note="Lite's stop is forced after half of the groups (random weights)",
                overhead_stages=list(OVERHEAD))
     (RESULTS / f"{tag}.json").write_text(json.dumps(

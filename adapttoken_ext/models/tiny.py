@@ -1,10 +1,13 @@
-"""The built-in tiny Qwen2.5-VL: the real architecture at toy size, with random weights.
+"""Built-in tiny checkpoints, one per supported family: the real architecture at toy size,
+with random weights.
 
 Nothing can be downloaded, so the default model of the CLI and the tests is built here
 from a config, with a byte-level BPE tokenizer trained offline by the ``tokenizers``
-library, Qwen2.5-VL's chat template and a preprocessor config. It is saved once under
-the user cache dir and then loads through the same ``from_pretrained`` path as a real
-checkpoint. Its answers are meaningless.
+library, the family's special tokens and chat template, and a preprocessor config. It is
+saved once under the user cache dir and then loads through the same ``from_pretrained``
+path as a real checkpoint. Its answers are meaningless.
+
+``FAMILIES`` maps each HF ``model_type`` to its builder; add a family by adding one.
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-TINY_MODEL_ID = "adapttoken/tiny-qwen2.5-vl"
+DEFAULT_FAMILY = "qwen2_5_vl"
 _VERSION = "1"
 
 # Qwen2-VL's chat template (hub: Qwen/Qwen2.5-VL-7B-Instruct, chat_template.json).
@@ -43,38 +46,60 @@ is the car? How many people are there? Where does the scene take place? Describe
 """
 
 
-def tiny_model_dir() -> Path:
+def tiny_model_id(family: str = DEFAULT_FAMILY) -> str:
+    """The name a tiny checkpoint goes by (``--model`` and the result's ``model``)."""
+    return f"adapttoken/tiny-{family}"
+
+
+def tiny_model_dir(family: str = DEFAULT_FAMILY) -> Path:
     """Where the tiny model lives: ``$ADAPTTOKEN_CACHE`` or the user cache dir."""
     import platformdirs
     root = os.environ.get("ADAPTTOKEN_CACHE") or platformdirs.user_cache_dir("adapttoken_ext")
-    return Path(root) / f"tiny-qwen2.5-vl-v{_VERSION}"
+    return Path(root) / f"tiny-{family}-v{_VERSION}"
 
 
-def _build_tokenizer(out: Path):
+def build_tokenizer(out: Path, special_tokens, chat_template: str, eos: str, pad: str):
+    """A byte-level BPE tokenizer trained offline, saved to ``out`` with ``chat_template``."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=SPECIAL_TOKENS,
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=list(special_tokens),
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator([_CORPUS] * 4, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>",
-                                   pad_token="<|endoftext|>", model_max_length=1 << 24)
-    fast.chat_template = CHAT_TEMPLATE
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos,
+                                   pad_token=pad, model_max_length=1 << 24)
+    fast.chat_template = chat_template
     fast.save_pretrained(out)
-    (out / "chat_template.jinja").write_text(CHAT_TEMPLATE)
+    (out / "chat_template.jinja").write_text(chat_template)
     return fast
 
 
-def build_tiny_model(out: Path, seed: int = 0) -> Path:
-    """Write the tiny model (config, random weights, tokenizer, preprocessor config) to ``out``."""
+def widen_init(model) -> None:
+    """Random init is tiny in scale; widen it so outputs vary (seed before building)."""
+    import torch
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, 0.5 / p.shape[-1] ** 0.5 * 4)
+
+
+def _save(model, out: Path, preprocessor: dict, name: str) -> Path:
+    model.save_pretrained(out)
+    (out / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=1))
+    (out / "README.md").write_text(
+        f"Tiny {name} with RANDOM weights, built offline by adapttoken_ext.\n"
+        "Its answers are meaningless; it exists to run the pipeline without downloads.\n")
+    return out
+
+
+def _qwen2_5_vl(out: Path, seed: int) -> Path:
     import torch
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-    out.mkdir(parents=True, exist_ok=True)
-    tok = _build_tokenizer(out)
+    tok = build_tokenizer(out, SPECIAL_TOKENS, CHAT_TEMPLATE, "<|im_end|>", "<|endoftext|>")
     ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     config = Qwen2_5_VLConfig(
         text_config=dict(
@@ -93,31 +118,54 @@ def build_tiny_model(out: Path, seed: int = 0) -> Path:
     )
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config).eval()
-    with torch.no_grad():  # random init is tiny in scale; widen it so outputs vary
-        for p in model.parameters():
-            if p.dim() >= 2:
-                p.normal_(0.0, 0.5 / p.shape[-1] ** 0.5 * 4)
-    model.save_pretrained(out)
-    (out / "preprocessor_config.json").write_text(json.dumps({
+    widen_init(model)
+    return _save(model, out, {
         "image_mean": [0.48145466, 0.4578275, 0.40821073],
         "image_std": [0.26862954, 0.26130258, 0.27577711],
         "min_pixels": 56 * 56, "max_pixels": 112 * 224, "patch_size": 14,
-        "temporal_patch_size": 2, "merge_size": 2}, indent=1))
-    (out / "README.md").write_text(
-        "Tiny Qwen2.5-VL with RANDOM weights, built offline by adapttoken_ext.\n"
-        "Its answers are meaningless; it exists to run the pipeline without downloads.\n")
-    return out
+        "temporal_patch_size": 2, "merge_size": 2}, "Qwen2.5-VL")
 
 
-def ensure_tiny_model() -> Path:
-    """Build the tiny model on first use (atomically: a temp dir renamed into place)."""
-    final = tiny_model_dir()
+# HF model_type -> builder(out_dir, seed) writing a loadable checkpoint into out_dir
+FAMILIES = {
+    "qwen2_5_vl": _qwen2_5_vl,
+}
+
+
+def _check_family(family: str) -> None:
+    if family not in FAMILIES:
+        raise ValueError(f"family: no tiny model for {family!r} "
+                         f"(available: {', '.join(sorted(FAMILIES))})")
+
+
+def build_tiny_model(out: Path, family: str = DEFAULT_FAMILY, seed: int = 0) -> Path:
+    """Write the tiny ``family`` checkpoint (config, random weights, tokenizer, preprocessor
+    config) to ``out``.
+
+    Raises:
+        ValueError: naming ``family`` when no tiny model of that ``model_type`` exists.
+    """
+    _check_family(family)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return FAMILIES[family](out, seed)
+
+
+def ensure_tiny_model(family: str = DEFAULT_FAMILY) -> Path:
+    """The tiny ``family`` checkpoint (HF ``model_type``), built on first use atomically (a
+    temp dir renamed into place).
+
+    Raises:
+        ValueError: naming ``family`` when no tiny model of that ``model_type`` exists.
+    """
+    _check_family(family)
+    final = tiny_model_dir(family)
     if (final / "config.json").is_file():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=final.parent))
     try:
-        build_tiny_model(tmp)
+        build_tiny_model(tmp, family)
         try:
             os.replace(tmp, final)
         except OSError:  # another process finished first
