@@ -94,7 +94,8 @@ class Plan:
     def clip(self, units, whole_video: bool = False) -> Clip:
         """A group (a short video whose units are ``group_stride`` apart) or the whole video."""
         spu = self.seconds_per_unit * (1 if whole_video else self.group_stride)
-        return Clip(list(units), [self.frame_times_s[u * self.unit] for u in units], spu)
+        t, n = self.frame_times_s, self.unit
+        return Clip(list(units), [(t[u * n] + t[u * n + n - 1]) / 2 for u in units], spu)
 
 
 _LETTERS = re.compile(r"^\s*\(?([A-Z])\s*[.):]\s*\S")

@@ -22,6 +22,23 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # name: (file, original text, mutated text)
 MUTANTS = {
+    "qwen3_timestamp_first_frame": ("adapttoken_ext/stages.py",
+                                    "(t[u * n] + t[u * n + n - 1]) / 2", "t[u * n]"),
+    "qwen3_timestamp_format": ("adapttoken_ext/models/qwen3_vl.py", 'f"<{t:.1f} seconds>"', 'f"<{t:.2f} seconds>"'),
+    "qwen3_deepstack_dropped": ("adapttoken_ext/models/qwen3_vl.py",
+                                'enumerate(getattr(out, "deepstack_features", None) or [])', "enumerate([])"),
+    "qwen3_deepstack_order": ("adapttoken_ext/models/qwen3_vl.py",
+                              'sorted(visual.side, key=lambda k: int(k[len("deepstack"):]))',
+                              "sorted(visual.side, reverse=True)"),
+    "qwen3_timestamp_kept_when_patch_dropped": ("adapttoken_ext/models/qwen3_vl.py",
+                                                "unit += [u] * (len(text) + tpu + 1)",
+                                                "unit += [-1] * len(text) + [u] * (tpu + 1)"),
+    "qwen3_grid_transposed": ("adapttoken_ext/models/qwen3_vl.py",
+                              "[[len(clip.units), rows * self.merge, cols * self.merge]]",
+                              "[[len(clip.units), cols * self.merge, rows * self.merge]]"),
+    "qwen3_5_reference_layer_not_full": ("adapttoken_ext/models/qwen3_5.py",
+                                         "return min(self.full_attention_layers, key=lambda i: (abs(i - target), i))",
+                                         "return min(self.num_layers - 1, target)"),
     "queries_include_visual_rows": ("adapttoken_ext/stages.py",
                                     "capture.arm(ve, vs, ve, reduce)", "capture.arm(vs, vs, ve, reduce)"),
     "decode_from_kept_max": ("adapttoken_ext/models/base.py",
@@ -66,7 +83,7 @@ MUTANTS = {
                           "        local.pop(name, None)\n", "        pass\n"),
 }
 
-TESTS = ["python_tests/test_pipeline.py", "python_tests/test_sequence.py",
+TESTS = ["python_tests/test_pipeline.py", "python_tests/test_sequence.py", "python_tests/test_qwen3.py",
          "-k", "not 10k_frames and not demo_console"]
 
 

@@ -38,7 +38,8 @@ class Clip:
     """The units of a video shown to the model in one pass, in temporal order.
 
     ``units``: global unit indices, ascending. ``timestamps_s``: presentation time in
-    seconds of each unit (its first frame). ``seconds_per_unit``: the sampling interval
+    seconds of each unit: the mean of its first and last frames' times (Qwen3-VL's
+    temporal-patch time). ``seconds_per_unit``: the sampling interval
     between consecutive units of this clip (a group of an interleaved layout spans
     ``G`` times the full video's interval)."""
     units: list[int]

@@ -59,14 +59,17 @@ def load_kwargs(device, dtype, device_map, attn_implementation) -> dict:
 
 def chat_ids(tokenizer, question: str, options, instruction) -> list[int]:
     """Token ids of one user turn ``[video][question, options, instruction]`` and the
-    assistant prefix, rendered by the tokenizer's chat template."""
+    assistant prefix, rendered by the tokenizer's chat template. Thinking models (Qwen3.5)
+    get ``enable_thinking=False``: the answer, and its option letter, comes first (step 4);
+    templates without the switch ignore it."""
     text = question.strip()
     if options:
         text += "\n" + "\n".join(options)
     if instruction:
         text += "\n" + instruction
     messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": text}]}]
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                        enable_thinking=False)
     if isinstance(ids, dict) or hasattr(ids, "input_ids"):
         ids = ids["input_ids"]
     return list(ids)

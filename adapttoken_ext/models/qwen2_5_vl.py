@@ -37,6 +37,9 @@ class Qwen2_5_VLAdapter:
         ValueError: naming ``tokenizer`` when it has no chat template.
     """
 
+    MODEL_CLASS = "Qwen2_5_VLForConditionalGeneration"  # transformers' class of the family
+    MEAN, STD = _CLIP_MEAN, _CLIP_STD  # the processor's defaults when the checkpoint has none
+
     def __init__(self, model, tokenizer, preprocessor: dict | None = None):
         self.model = model.eval()
         self.tokenizer = tokenizer
@@ -47,8 +50,8 @@ class Qwen2_5_VLAdapter:
         self.merge = vc.spatial_merge_size
         self.unit = vc.temporal_patch_size  # frames per temporal unit (method.md notation)
         pre = preprocessor or {}
-        self.mean = torch.tensor(pre.get("image_mean", _CLIP_MEAN)).view(1, 3, 1, 1)
-        self.std = torch.tensor(pre.get("image_std", _CLIP_STD)).view(1, 3, 1, 1)
+        self.mean = torch.tensor(pre.get("image_mean", self.MEAN)).view(1, 3, 1, 1)
+        self.std = torch.tensor(pre.get("image_std", self.STD)).view(1, 3, 1, 1)
         self.video_token_id = cfg.video_token_id
         self.num_layers = self.text_config.num_hidden_layers
         if getattr(tokenizer, "chat_template", None) is None:
@@ -68,13 +71,15 @@ class Qwen2_5_VLAdapter:
                 for models split across devices.
             attn_implementation: None picks flash_attention_2 on CUDA when installed, else sdpa.
         """
-        from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
-        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+        import transformers
+        model = getattr(transformers, cls.MODEL_CLASS).from_pretrained(
             name_or_path, **load_kwargs(device, dtype, device_map, attn_implementation))
-        tok = AutoTokenizer.from_pretrained(name_or_path)
+        tok = transformers.AutoTokenizer.from_pretrained(name_or_path)
         if tok.chat_template is None:  # older checkpoints keep it beside the processor
             tok.chat_template = load_json(name_or_path, "chat_template.json").get("chat_template")
-        return cls(model, tok, load_json(name_or_path, "preprocessor_config.json"))
+        pre = (load_json(name_or_path, "video_preprocessor_config.json")
+               or load_json(name_or_path, "preprocessor_config.json"))
+        return cls(model, tok, pre)
 
     @property
     def input_device(self) -> torch.device:

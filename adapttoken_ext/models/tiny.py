@@ -126,9 +126,84 @@ def _qwen2_5_vl(out: Path, seed: int) -> Path:
         "temporal_patch_size": 2, "merge_size": 2}, "Qwen2.5-VL")
 
 
+# Qwen3-VL / Qwen3.5 chat templates (hub: Qwen/Qwen3-VL-8B-Instruct, Qwen/Qwen3.5-9B),
+# condensed: the tool-calling and earlier-turn reasoning branches are left out.
+_QWEN3_CONTENT = (
+    "{%- macro render_content(content) %}{%- if content is string %}{{- content }}"
+    "{%- else %}{%- for item in content %}"
+    "{%- if 'image' in item or 'image_url' in item or item.type == 'image' %}"
+    "{{- '<|vision_start|><|image_pad|><|vision_end|>' }}"
+    "{%- elif 'video' in item or item.type == 'video' %}"
+    "{{- '<|vision_start|><|video_pad|><|vision_end|>' }}"
+    "{%- elif 'text' in item %}{{- item.text }}{%- endif %}{%- endfor %}{%- endif %}"
+    "{%- endmacro %}"
+    "{%- if messages[0].role == 'system' %}"
+    "{{- '<|im_start|>system\n' + render_content(messages[0].content) + '<|im_end|>\n' }}{%- endif %}"
+    "{%- for message in messages %}{%- if message.role == 'user' %}"
+    "{{- '<|im_start|>user\n' + render_content(message.content) + '<|im_end|>\n' }}"
+    "{%- elif message.role == 'assistant' %}"
+    "{{- '<|im_start|>assistant\n' + render_content(message.content) + '<|im_end|>\n' }}"
+    "{%- endif %}{%- endfor %}"
+)
+QWEN3_VL_TEMPLATE = _QWEN3_CONTENT + "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}"
+QWEN3_5_TEMPLATE = _QWEN3_CONTENT + (
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\n\n</think>\n\n' }}"
+    "{%- else %}{{- '<think>\n' }}{%- endif %}{%- endif %}")
+QWEN3_SPECIAL_TOKENS = SPECIAL_TOKENS + ["<think>", "</think>"]
+
+
+def _qwen3_vision(**extra):
+    return dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+                patch_size=16, spatial_merge_size=2, temporal_patch_size=2,
+                num_position_embeddings=64, in_channels=3, **extra)
+
+
+def _qwen3(out: Path, seed: int, family: str) -> Path:
+    import torch
+    import transformers
+
+    template = QWEN3_VL_TEMPLATE if family == "qwen3_vl" else QWEN3_5_TEMPLATE
+    tok = build_tokenizer(out, QWEN3_SPECIAL_TOKENS, template, "<|im_end|>", "<|endoftext|>")
+    ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN3_SPECIAL_TOKENS}
+    text = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                max_position_embeddings=1 << 20, tie_word_embeddings=False,
+                bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
+                pad_token_id=ids["<|endoftext|>"])
+    if family == "qwen3_vl":
+        cfg_cls, model_cls, name = "Qwen3VLConfig", "Qwen3VLForConditionalGeneration", "Qwen3-VL"
+        text["rope_parameters"] = {"rope_type": "default", "rope_theta": 5e6,
+                                   "mrope_section": [2, 3, 3], "mrope_interleaved": True}
+        vision = _qwen3_vision(deepstack_visual_indexes=[0, 1])
+    else:  # hybrid: Gated DeltaNet (linear) and full-attention layers
+        cfg_cls, model_cls, name = "Qwen3_5Config", "Qwen3_5ForConditionalGeneration", "Qwen3.5"
+        text.update(rope_parameters={"rope_type": "default", "rope_theta": 1e7, "partial_rotary_factor": 0.5,
+                                     "mrope_section": [2, 1, 1], "mrope_interleaved": True},
+                    layer_types=["linear_attention", "full_attention", "full_attention", "linear_attention"],
+                    linear_conv_kernel_dim=4, linear_key_head_dim=8, linear_value_head_dim=8,
+                    linear_num_key_heads=2, linear_num_value_heads=4)
+        vision = _qwen3_vision()
+    config = getattr(transformers, cfg_cls)(
+        text_config=text, vision_config=vision,
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"], tie_word_embeddings=False)
+    torch.manual_seed(seed)
+    model = getattr(transformers, model_cls)(config).eval()
+    widen_init(model)
+    pre = {"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "patch_size": 16,
+           "temporal_patch_size": 2, "merge_size": 2,
+           "size": {"shortest_edge": 64 * 64, "longest_edge": 128 * 256}}
+    (out / "video_preprocessor_config.json").write_text(json.dumps(pre, indent=1))
+    return _save(model, out, pre, name)
+
+
 # HF model_type -> builder(out_dir, seed) writing a loadable checkpoint into out_dir
 FAMILIES = {
     "qwen2_5_vl": _qwen2_5_vl,
+    "qwen3_vl": lambda out, seed: _qwen3(out, seed, "qwen3_vl"),
+    "qwen3_5": lambda out, seed: _qwen3(out, seed, "qwen3_5"),
 }
 
 
