@@ -9,6 +9,7 @@ from .base import VideoAdapter
 # config.model_type -> "module:class" of its adapter
 ADAPTERS = {
     "qwen2_5_vl": "qwen2_5_vl:Qwen2_5_VLAdapter",
+    "internvl": "internvl:InternVLAdapter",
 }
 
 
