@@ -16,13 +16,21 @@ import av
 import numpy as np
 import pytest
 import torch
+from test_pipeline import (
+    OPTIONS,
+    QUESTION,
+    Spy,
+    _capture_ids,
+    _decode_all,
+    _letter_entropy,
+    _write_video,
+)
 
 from adapttoken_ext import AdaptToken, AdaptTokenConfig, stages
 from adapttoken_ext.config import MC_INSTRUCTION
 from adapttoken_ext.models.internvl import InternVLAdapter
 from adapttoken_ext.models.tiny import build_tiny_model
 from adapttoken_ext.video import VideoReader, sample_video
-from test_pipeline import OPTIONS, QUESTION, Spy, _capture_ids, _decode_all, _letter_entropy, _write_video
 
 TILE = 112  # the tiny model's tile: 8 x 8 patches of 14 px, 4 x 4 tokens after the pixel shuffle
 ALL = dict(frames=32, max_pixels=TILE * TILE)  # every frame of tile_video
@@ -50,7 +58,9 @@ def _pipeline(tiny_dir, attn="sdpa", **cfg):
 def _hf_inputs(tiny_dir, tok, model, frames, question=QUESTION, options=OPTIONS):
     """The unpruned inputs as InternVLProcessor builds them from frames uint8 [T, H, W, 3]."""
     from PIL import Image
-    from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
+    from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import (
+        GotOcr2ImageProcessorPil,
+    )
     from transformers.models.internvl.processing_internvl import InternVLProcessor
     pre = json.loads((tiny_dir / "preprocessor_config.json").read_text())
     text = question + ("\n" + "\n".join(options) + "\n" + MC_INSTRUCTION if options else "")
@@ -194,6 +204,7 @@ def test_cli_answer_writes_json(tiny_dir, tmp_path, capsys):
 
 def test_unsupported_architecture_lists_internvl(tmp_path):
     from transformers import LlamaConfig
+
     from adapttoken_ext import models
     LlamaConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
                 vocab_size=10).save_pretrained(tmp_path)

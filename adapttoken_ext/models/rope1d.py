@@ -12,8 +12,14 @@ import torch
 
 from . import attention_hook as hook
 from .base import DecodeState, Prompt, Sequence, Visual
-from .common import (eos_token_ids, execution_device, load_json, load_kwargs, option_forms,
-                     split_chat)
+from .common import (
+    eos_token_ids,
+    execution_device,
+    load_json,
+    load_kwargs,
+    option_forms,
+    split_chat,
+)
 
 
 class Rope1DAdapter:
@@ -144,5 +150,5 @@ class Rope1DAdapter:
             raise ValueError(f"reference_layer: must be in [0, {self.num_layers}), got {layer}")
         return self.model.model.language_model.layers[layer].self_attn
 
-    def install_score_hook(self, layer: int) -> "hook.ScoreCapture":
+    def install_score_hook(self, layer: int) -> hook.ScoreCapture:
         return hook.ScoreCapture(self.reference_attention(layer))
