@@ -173,18 +173,26 @@ def test_pruned_decoding_at_unpruned_positions(tiny_dir, tile_video, monkeypatch
         emb = model.get_input_embeddings()(full)
         emb[full == model.config.image_token_id] = model.model.get_image_features(
             inp["pixel_values"], return_dict=True).pooler_output.flatten(0, 1)
-        emb, pos, want = emb[cols], cols.clone(), []
-        for s in range(10):
-            logits = model(inputs_embeds=emb[None], position_ids=pos[None],
-                           attention_mask=torch.ones(1, emb.shape[0], dtype=torch.long)).logits[0, -1]
-            t = int(logits.argmax())
-            if t == model.generation_config.eos_token_id:
-                break
-            want.append(t)
-            emb = torch.cat([emb, model.get_input_embeddings()(torch.tensor([t]))])
-            pos = torch.cat([pos, torch.tensor([full.numel() + s])])
+    want = greedy_by_recomputation(model, emb[cols], cols, full.numel(), 10)
     assert len(want) >= 8
     assert ids[0] == want
+
+
+@torch.no_grad()
+def greedy_by_recomputation(model, emb, pos, next_position, steps):
+    """Greedy ids from input embeddings ``[L, hidden]`` at 1-D positions ``pos`` ``[L]``, one
+    full forward per token, generated token s at ``next_position + s``."""
+    out = []
+    for s in range(steps):
+        logits = model(inputs_embeds=emb[None], position_ids=pos[None],
+                       attention_mask=torch.ones(1, emb.shape[0], dtype=torch.long)).logits[0, -1]
+        t = int(logits.argmax())
+        if t == model.generation_config.eos_token_id:
+            break
+        out.append(t)
+        emb = torch.cat([emb, model.get_input_embeddings()(torch.tensor([t]))])
+        pos = torch.cat([pos, torch.tensor([next_position + s])])
+    return out
 
 
 def test_cli_answer_writes_json(tiny_dir, tmp_path, capsys):

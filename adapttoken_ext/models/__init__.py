@@ -10,6 +10,7 @@ from .base import VideoAdapter
 ADAPTERS = {
     "qwen2_5_vl": "qwen2_5_vl:Qwen2_5_VLAdapter",
     "internvl": "internvl:InternVLAdapter",
+    "llava_onevision": "llava_onevision:LlavaOnevisionAdapter",
 }
 
 

@@ -171,10 +171,57 @@ def _internvl(out: Path, seed: int) -> Path:
         "size": {"height": 112, "width": 112}, "do_resize": True}, "InternVL")
 
 
+# LLaVA-OneVision's chat template (transformers' convert_llava_onevision_weights_to_hf.py, as
+# the llava-hf/*-hf checkpoints have it).
+LLAVA_ONEVISION_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n'}}"
+    "{# Render all images first #}{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}"
+    "{{ '<image>\n' }}{% endfor %}{# Render all video then #}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'video') %}{{ '<video>\n' }}{% endfor %}"
+    "{# Render all text next #}{% if message['role'] != 'assistant' %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] }}{% endfor %}"
+    "{% else %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{% generation %}{{ content['text'] }}{% endgeneration %}{% endfor %}{% endif %}"
+    "{{'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def _llava_onevision(out: Path, seed: int) -> Path:
+    import torch
+    from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
+
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>"]
+    tok = build_tokenizer(out, special, LLAVA_ONEVISION_CHAT_TEMPLATE, "<|im_end|>", "<|endoftext|>")
+    ids = {t: tok.convert_tokens_to_ids(t) for t in special}
+    config = LlavaOnevisionConfig(  # 100 px SigLIP: 7x7 patches (as 384 px gives 27x27), pooled 4x4
+        text_config=dict(
+            model_type="qwen2", vocab_size=len(tok), hidden_size=64, intermediate_size=128,
+            num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+            max_position_embeddings=1 << 20, rope_parameters={"rope_type": "default", "rope_theta": 1e6},
+            tie_word_embeddings=False, bos_token_id=ids["<|endoftext|>"],
+            eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"]),
+        vision_config=dict(
+            model_type="siglip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=2, image_size=100, patch_size=14, vision_use_head=False),
+        image_token_index=ids["<image>"], video_token_index=ids["<video>"],
+        vision_feature_select_strategy="full", vision_feature_layer=-1,
+        tie_word_embeddings=False, eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
+    )
+    torch.manual_seed(seed)
+    model = LlavaOnevisionForConditionalGeneration(config).eval()
+    widen_init(model)
+    with torch.no_grad():  # as a trained newline, on the scale of the token embeddings
+        model.model.image_newline.normal_(0.0, 1.0)
+    return _save(model, out, {
+        "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5],
+        "size": {"height": 100, "width": 100}, "do_resize": True}, "LLaVA-OneVision")
+
+
 # HF model_type -> builder(out_dir, seed) writing a loadable checkpoint into out_dir
 FAMILIES = {
     "qwen2_5_vl": _qwen2_5_vl,
     "internvl": _internvl,
+    "llava_onevision": _llava_onevision,
 }
 
 
