@@ -11,6 +11,8 @@ ADAPTERS = {
     "qwen2_5_vl": "qwen2_5_vl:Qwen2_5_VLAdapter",
     "qwen3_vl": "qwen3_vl:Qwen3VLAdapter",
     "qwen3_5": "qwen3_5:Qwen3_5Adapter",
+    "internvl": "internvl:InternVLAdapter",
+    "llava_onevision": "llava_onevision:LlavaOnevisionAdapter",
 }
 
 

@@ -57,22 +57,51 @@ def load_kwargs(device, dtype, device_map, attn_implementation) -> dict:
     return dict(dtype=dtype, attn_implementation=attn_implementation, device_map=device_map)
 
 
-def chat_ids(tokenizer, question: str, options, instruction) -> list[int]:
-    """Token ids of one user turn ``[video][question, options, instruction]`` and the
-    assistant prefix, rendered by the tokenizer's chat template. Thinking models (Qwen3.5)
-    get ``enable_thinking=False``: the answer, and its option letter, comes first (step 4);
-    templates without the switch ignore it."""
+def _messages(question: str, options, instruction) -> list[dict]:
+    """One user turn ``[video][question, options, instruction]``."""
     text = question.strip()
     if options:
         text += "\n" + "\n".join(options)
     if instruction:
         text += "\n" + instruction
-    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": text}]}]
+    return [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": text}]}]
+
+
+def chat_ids(tokenizer, question: str, options, instruction) -> list[int]:
+    """Token ids of one user turn ``[video][question, options, instruction]`` and the
+    assistant prefix, rendered by the tokenizer's chat template. Thinking models (Qwen3.5)
+    get ``enable_thinking=False``: the answer, and its option letter, comes first (step 4);
+    templates without the switch ignore it."""
+    messages = _messages(question, options, instruction)
     ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
                                         enable_thinking=False)
     if isinstance(ids, dict) or hasattr(ids, "input_ids"):
         ids = ids["input_ids"]
     return list(ids)
+
+
+def split_chat(tokenizer, question: str, options, instruction, placeholder: str
+               ) -> tuple[list[int], list[int]]:
+    """Token ids before and after the video ``placeholder`` text (e.g. ``"<video>"``) of the
+    chat template's rendering of one user turn and the assistant prefix (method.md step 2).
+
+    Each side is tokenized as the family's processor tokenizes the expanded text: the
+    placeholder's expansion starts and ends at special tokens, so tokenizing the two sides
+    apart gives the same ids; special tokens (BOS) are added to the first side only when the
+    rendering does not start with them (``ProcessorMixin.apply_chat_template``'s rule).
+
+    Raises:
+        ValueError: naming ``tokenizer`` when the template does not render the placeholder once.
+    """
+    text = tokenizer.apply_chat_template(_messages(question, options, instruction),
+                                         add_generation_prompt=True, tokenize=False,
+                                         enable_thinking=False)
+    if text.count(placeholder) != 1:
+        raise ValueError(f"tokenizer: chat template must render one {placeholder!r} placeholder")
+    before, after = text.split(placeholder)
+    bos = tokenizer.bos_token
+    first = tokenizer(before, add_special_tokens=not (bos and before.startswith(bos)))["input_ids"]
+    return list(first), list(tokenizer(after, add_special_tokens=False)["input_ids"])
 
 
 def option_forms(tokenizer, letters: list[str]) -> list[list[int]]:

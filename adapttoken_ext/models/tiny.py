@@ -58,8 +58,10 @@ def tiny_model_dir(family: str = DEFAULT_FAMILY) -> Path:
     return Path(root) / f"tiny-{family}-v{_VERSION}"
 
 
-def build_tokenizer(out: Path, special_tokens, chat_template: str, eos: str, pad: str):
-    """A byte-level BPE tokenizer trained offline, saved to ``out`` with ``chat_template``."""
+def build_tokenizer(out: Path, special_tokens, chat_template: str, eos: str, pad: str, **named):
+    """A byte-level BPE tokenizer trained offline, saved to ``out`` with ``chat_template``;
+    ``named``: keyword arguments of ``PreTrainedTokenizerFast`` such as named
+    ``extra_special_tokens``."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -70,7 +72,7 @@ def build_tokenizer(out: Path, special_tokens, chat_template: str, eos: str, pad
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator([_CORPUS] * 4, trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos,
-                                   pad_token=pad, model_max_length=1 << 24)
+                                   pad_token=pad, model_max_length=1 << 24, **named)
     fast.chat_template = chat_template
     fast.save_pretrained(out)
     (out / "chat_template.jinja").write_text(chat_template)
@@ -199,11 +201,102 @@ def _qwen3(out: Path, seed: int, family: str) -> Path:
     return _save(model, out, pre, name)
 
 
+# InternVL's chat template (transformers' convert_internvl_weights_to_hf.py, as the
+# OpenGVLab/InternVL3-*-hf checkpoints have it) and its named special tokens.
+INTERNVL_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n'}}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for content in message['content'] %}{% if content['type'] == 'image' %}"
+    "{{ '<IMG_CONTEXT>\n' }}{% elif content['type'] == 'video' %}{{ '<video>\n' }}"
+    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "{{'<|im_end|>\n'}}{% endfor %}{% if add_generation_prompt %}{{'<|im_start|>assistant\n' }}{% endif %}"
+)
+INTERNVL_NAMED_TOKENS = {"start_image_token": "<img>", "end_image_token": "</img>",
+                         "context_image_token": "<IMG_CONTEXT>", "video_token": "<video>"}
+
+
+def _internvl(out: Path, seed: int) -> Path:
+    import torch
+    from transformers import InternVLConfig, InternVLForConditionalGeneration
+
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<img>", "</img>", "<IMG_CONTEXT>"]
+    tok = build_tokenizer(out, special, INTERNVL_CHAT_TEMPLATE, "<|im_end|>", "<|endoftext|>",
+                          extra_special_tokens=INTERNVL_NAMED_TOKENS)
+    ids = {t: tok.convert_tokens_to_ids(t) for t in special}
+    config = InternVLConfig(  # Qwen2 LM (InternVL3); 112 px tiles: 8x8 patches -> 4x4 tokens
+        text_config=dict(
+            model_type="qwen2", vocab_size=len(tok), hidden_size=64, intermediate_size=128,
+            num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+            max_position_embeddings=1 << 20, rope_parameters={"rope_type": "default", "rope_theta": 1e6},
+            tie_word_embeddings=False, bos_token_id=ids["<|endoftext|>"],
+            eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"]),
+        vision_config=dict(
+            hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+            image_size=112, patch_size=14),
+        image_token_id=ids["<IMG_CONTEXT>"], image_seq_length=16, downsample_ratio=0.5,
+        tie_word_embeddings=False, eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
+    )
+    torch.manual_seed(seed)
+    model = InternVLForConditionalGeneration(config).eval()
+    widen_init(model)
+    return _save(model, out, {
+        "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225],
+        "size": {"height": 112, "width": 112}, "do_resize": True}, "InternVL")
+
+
+# LLaVA-OneVision's chat template (transformers' convert_llava_onevision_weights_to_hf.py, as
+# the llava-hf/*-hf checkpoints have it).
+LLAVA_ONEVISION_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n'}}"
+    "{# Render all images first #}{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}"
+    "{{ '<image>\n' }}{% endfor %}{# Render all video then #}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'video') %}{{ '<video>\n' }}{% endfor %}"
+    "{# Render all text next #}{% if message['role'] != 'assistant' %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] }}{% endfor %}"
+    "{% else %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{% generation %}{{ content['text'] }}{% endgeneration %}{% endfor %}{% endif %}"
+    "{{'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def _llava_onevision(out: Path, seed: int) -> Path:
+    import torch
+    from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
+
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>"]
+    tok = build_tokenizer(out, special, LLAVA_ONEVISION_CHAT_TEMPLATE, "<|im_end|>", "<|endoftext|>")
+    ids = {t: tok.convert_tokens_to_ids(t) for t in special}
+    config = LlavaOnevisionConfig(  # 100 px SigLIP: 7x7 patches (as 384 px gives 27x27), pooled 4x4
+        text_config=dict(
+            model_type="qwen2", vocab_size=len(tok), hidden_size=64, intermediate_size=128,
+            num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+            max_position_embeddings=1 << 20, rope_parameters={"rope_type": "default", "rope_theta": 1e6},
+            tie_word_embeddings=False, bos_token_id=ids["<|endoftext|>"],
+            eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"]),
+        vision_config=dict(
+            model_type="siglip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=2, image_size=100, patch_size=14, vision_use_head=False),
+        image_token_index=ids["<image>"], video_token_index=ids["<video>"],
+        vision_feature_select_strategy="full", vision_feature_layer=-1,
+        tie_word_embeddings=False, eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
+    )
+    torch.manual_seed(seed)
+    model = LlavaOnevisionForConditionalGeneration(config).eval()
+    widen_init(model)
+    with torch.no_grad():  # as a trained newline, on the scale of the token embeddings
+        model.model.image_newline.normal_(0.0, 1.0)
+    return _save(model, out, {
+        "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5],
+        "size": {"height": 100, "width": 100}, "do_resize": True}, "LLaVA-OneVision")
+
+
 # HF model_type -> builder(out_dir, seed) writing a loadable checkpoint into out_dir
 FAMILIES = {
     "qwen2_5_vl": _qwen2_5_vl,
     "qwen3_vl": lambda out, seed: _qwen3(out, seed, "qwen3_vl"),
     "qwen3_5": lambda out, seed: _qwen3(out, seed, "qwen3_5"),
+    "internvl": _internvl,
+    "llava_onevision": _llava_onevision,
 }
 
 
