@@ -22,6 +22,23 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # name: (file, original text, mutated text)
 MUTANTS = {
+    "internvl_label_from_zero": ("adapttoken_ext/models/internvl.py", 'f"Frame{i + 1}: "', 'f"Frame{i}: "'),
+    "internvl_label_not_in_unit": ("adapttoken_ext/models/internvl.py", "unit.append([u] * (n + tpu + 1))",
+                                   "unit.append([-1] * n + [u] * (tpu + 1))"),
+    "internvl_separator_wrong": ("adapttoken_ext/models/internvl.py", '("\\n" if i else "")', '(" " if i else "")'),
+    "rope1d_next_position_off_by_one": ("adapttoken_ext/models/rope1d.py", "torch.arange(n)[None], n)",
+                                        "torch.arange(n)[None], n - 1)"),
+    "rope1d_compact_positions": ("adapttoken_ext/models/rope1d.py",
+                                 "self._forward(emb, seq.positions, None, use_cache)",
+                                 "self._forward(emb, torch.arange(len(seq))[None], None, use_cache)"),
+    "rope1d_decode_position_not_advanced": ("adapttoken_ext/models/rope1d.py", "DecodeState(past, state.position + 1)",
+                                            "DecodeState(past, state.position)"),
+    "rope1d_mean_ignored": ("adapttoken_ext/models/rope1d.py", "(frames.float() / 255.0 - self.mean.to(dev))",
+                            "(frames.float() / 255.0 - 0.5)"),
+    "llava_ov_newline_not_filled": ("adapttoken_ext/models/llava_onevision.py",
+                                    "emb[newline] = self.model.model.image_newline.to(emb.device, emb.dtype)", "pass"),
+    "llava_ov_newline_missing": ("adapttoken_ext/models/llava_onevision.py", "[self.video_token_id] * (n + 1)",
+                                 "[self.video_token_id] * n"),
     "qwen3_timestamp_first_frame": ("adapttoken_ext/stages.py",
                                     "(t[u * n] + t[u * n + n - 1]) / 2", "t[u * n]"),
     "qwen3_timestamp_format": ("adapttoken_ext/models/qwen3_vl.py", 'f"<{t:.1f} seconds>"', 'f"<{t:.2f} seconds>"'),
@@ -84,6 +101,7 @@ MUTANTS = {
 }
 
 TESTS = ["python_tests/test_pipeline.py", "python_tests/test_sequence.py", "python_tests/test_qwen3.py",
+         "python_tests/test_internvl.py", "python_tests/test_llava_onevision.py",
          "-k", "not 10k_frames and not demo_console"]
 
 
