@@ -67,7 +67,7 @@ def sobel_saliency(frames: torch.Tensor, grid: tuple[int, int], unit: int = 1) -
     Returns:
         float32 ``[T, Hg, Wg]`` in ``[0, 1]``.
     """
-    n, _, H, W = frames.shape
+    n = frames.shape[0]
     luma = torch.einsum("nchw,c->nhw", frames.float(), frames.new_tensor(_LUMA, dtype=torch.float32))
     k = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], device=frames.device)
     x = torch.nn.functional.pad(luma[:, None], (1, 1, 1, 1), mode="replicate")
