@@ -71,9 +71,8 @@ def sobel_saliency(frames: torch.Tensor, grid: tuple[int, int], unit: int = 1) -
     luma = torch.einsum("nchw,c->nhw", frames.float(), frames.new_tensor(_LUMA, dtype=torch.float32))
     k = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], device=frames.device)
     x = torch.nn.functional.pad(luma[:, None], (1, 1, 1, 1), mode="replicate")
-    gx = torch.nn.functional.conv2d(x, k[None, None])
-    gy = torch.nn.functional.conv2d(x, k.t()[None, None])
-    mag = torch.nn.functional.adaptive_avg_pool2d(torch.sqrt(gx * gx + gy * gy), grid)[:, 0]
+    g = torch.nn.functional.conv2d(x, torch.stack([k, k.t()])[:, None])  # d/dx, d/dy
+    mag = torch.nn.functional.adaptive_avg_pool2d(g.square().sum(1).sqrt(), grid)
     return _minmax(mag.view(n // unit, unit, *grid).mean(1))
 
 
