@@ -127,3 +127,14 @@ def test_errors(impl):
     for t in (0.0, -1.0, float("inf"), float("nan")):
         with pytest.raises(ERRORS, match="temperature must be finite and > 0"):
             f(x, 3, t)
+
+
+def test_torch_compile_fullgraph():
+    tokens = torch.randn(2, 4, 5, 24)
+
+    def f(x):
+        return ops.local_entropy(x, 3, 0.2) * 2
+
+    torch._dynamo.reset()
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(tokens), f(tokens))
