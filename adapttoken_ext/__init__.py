@@ -7,7 +7,7 @@ kernels when available, else the pure-PyTorch reference (with a warning).
 """
 
 from ._library import backend, cuda_backend, load_error
-from .ops import attention_scores, segmented_topk, select, softmax_entropy
+from .ops import attention_scores, local_entropy, segmented_topk, select, softmax_entropy
 
 __version__ = "0.1.0"
 
@@ -30,6 +30,7 @@ __all__ = [
     "backend",
     "cuda_backend",
     "load_error",
+    "local_entropy",
     "segmented_topk",
     "select",
     "softmax_entropy",

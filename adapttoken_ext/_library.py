@@ -24,6 +24,7 @@ SCHEMAS = {
     "float temperature=1.0) -> Tensor",
     "select": "select(Tensor query, Tensor key, int query_start, Tensor visual_offsets, "
     "Tensor budgets, float scale, str reduce=\"max\") -> (Tensor indices, Tensor scores)",
+    "local_entropy": "local_entropy(Tensor tokens, int window=3, float temperature=0.1) -> Tensor",
 }
 
 _libraries: list[torch.library.Library] = []  # keep registrations alive

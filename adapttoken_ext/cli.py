@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 
@@ -46,6 +47,12 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--units-per-group", type=int, default=None, help="units per group (step 1)")
         sp.add_argument("--max-pixels", type=int, default=None, help="pixels per frame (step 0)")
         sp.add_argument("--lite", action="store_true", help="AdaptToken-Lite early stop (step 8)")
+        sp.add_argument("--method", default="adapttoken", choices=["adapttoken", "entropyselect"],
+                        help="adapttoken (method.md), or entropyselect: EntropySelect alone, "
+                        "question-agnostic selection from the vision tokens, then the final pass")
+        sp.add_argument("--scorer", default=None, choices=["attention", "local_entropy", "fused"],
+                        help="AdaptToken's within-group ranking (default attention; README "
+                        "'EntropySelect')")
         sp.add_argument("--json", metavar="OUT", help="write the result as JSON")
         sp.add_argument("--plot", metavar="OUT.png", help="plot entropy, budgets and selected tokens")
         sp.add_argument("--device", default="cpu", help="device of the whole model, e.g. cpu, "
@@ -77,6 +84,8 @@ def _config(args, demo: bool):
     for name in ("frames", "budget", "units_per_group", "max_pixels"):
         if getattr(args, name) is not None:
             base[name] = getattr(args, name)
+    if args.scorer is not None:
+        base["scorer"] = args.scorer
     return AdaptTokenConfig(lite=args.lite, **base)
 
 
@@ -86,7 +95,8 @@ def format_table(result) -> str:
     lines = [f"{'group':>5} {'seconds':>15} {'frames':>6} {'tokens':>7} {'entropy':>8} {'budget':>7} {'selected':>8}"]
     for g in result.groups:
         span = f"{t[g.frames[0]]:.1f}-{t[g.frames[-1]]:.1f}" if g.frames else "-"
-        lines.append(f"{g.index:>5} {span:>15} {len(g.frames):>6} {g.num_tokens:>7} {g.entropy:>8.4f} "
+        h = "-" if g.entropy is None else f"{g.entropy:.4f}"
+        lines.append(f"{g.index:>5} {span:>15} {len(g.frames):>6} {g.num_tokens:>7} {h:>8} "
                      f"{g.budget:>7} {g.selected:>8}")
     return "\n".join(lines)
 
@@ -103,7 +113,8 @@ def plot(result, path: str, title: str = "") -> None:
     ax1.set_xlabel("group")
     ax1.set_ylabel("budget (tokens)", color="tab:blue")
     ax2 = ax1.twinx()
-    ax2.plot(g, [r.entropy for r in result.groups], "o-", color="tab:red", label="entropy H_g")
+    ax2.plot(g, [r.entropy if r.entropy is not None else math.nan for r in result.groups], "o-",
+             color="tab:red", label="entropy H_g")
     ax2.set_ylabel("entropy (nats)", color="tab:red")
     if result.stopped_after_group is not None:
         ax1.axvline(result.stopped_after_group + 0.5, color="k", ls="--", lw=1)
@@ -116,7 +127,8 @@ def plot(result, path: str, title: str = "") -> None:
     ax3.set_ylim(-0.5, rows * cols - 0.5)
     ax3.set_xlabel("video time (s)")
     ax3.set_ylabel("token in frame (raster)")
-    ax3.set_title(f"{len(t)} selected tokens (colour: attention score)")
+    ax3.set_title(f"{len(t)} selected tokens (colour: "
+                  f"{'attention' if result.method == 'adapttoken' else 'EntropySelect'} score)")
     tmp = f"{path}.partial.png"
     fig.savefig(tmp, dpi=110)
     plt.close(fig)
@@ -150,7 +162,7 @@ def main(argv=None) -> int:
                                         family=args.family)
         if at.tiny:
             print(TINY_WARNING.format(family=args.family), file=sys.stderr)
-        result = at.answer(video, question, options, progress=not args.quiet)
+        result = at.answer(video, question, options, progress=not args.quiet, method=args.method)
     except (ValueError, OSError, ImportError) as e:  # bad input, missing file, checkpoint or backend
         print(f"adapttoken: error: {e}", file=sys.stderr)
         return 2
@@ -162,7 +174,11 @@ def main(argv=None) -> int:
     print(f"kept {len(result.selected_tokens)} of {sum(g.num_tokens for g in result.groups)} visual "
           f"tokens from {n} group(s); " + (f"Lite stopped after group {result.stopped_after_group}"
                                            if result.stopped_after_group is not None else "all groups visited"))
-    if demo:
+    if demo and result.method == "entropyselect":
+        print("why: EntropySelect ignores the question: each unit got a budget share by its mean "
+              "score (low local entropy of the vision tokens, Sobel edges), spread over its grid "
+              "cells, then the best-scored tokens were kept.")
+    elif demo:
         best = min(result.groups, key=lambda g: g.entropy)
         print(f"why: group {best.index} had the lowest answer entropy ({best.entropy:.3f} nats), so it "
               f"got the largest share of the budget ({best.budget} tokens); inside each group the "

@@ -28,6 +28,18 @@ class AdaptTokenConfig:
     default (20 for 28-layer Qwen2.5-VL-7B, else round(0.7 * layers))."""
     reduce: str = "max"
     """Step 3: reduction of attention over heads and text queries, ``"max"`` or ``"mean"``."""
+    scorer: str = "attention"
+    """Step 3's within-group ranking: ``"attention"`` (step 3), ``"local_entropy"``
+    (EntropySelect's fused score, README "EntropySelect"; question-independent) or
+    ``"fused"`` (the attention score over its group's maximum, times EntropySelect's score)."""
+    es_window: int = 3
+    """EntropySelect step 1 (chosen): spatial window k of the local entropy, odd >= 3."""
+    es_temperature: float = 0.1
+    """EntropySelect step 1 (chosen): softmax temperature of the cosine similarities."""
+    es_alpha: float = 0.5
+    """EntropySelect step 3 (chosen): weight of the entropy term against Sobel saliency."""
+    es_grid: int = 2
+    """EntropySelect step 5 (chosen): q, cells per side of the coverage quotas."""
     entropy_mode: str = "auto"
     """Step 4: ``"options"`` (entropy over the option letters' tokens), ``"vocab"``
     (full vocabulary), or ``"auto"``: options when options are given."""
@@ -66,6 +78,12 @@ class AdaptTokenConfig:
             raise ValueError(f"group_layout: must be 'interleaved' or 'contiguous', got {self.group_layout!r}")
         if self.reduce not in ("max", "mean"):
             raise ValueError(f"reduce: must be 'max' or 'mean', got {self.reduce!r}")
+        if self.scorer not in ("attention", "local_entropy", "fused"):
+            raise ValueError(f"scorer: must be 'attention', 'local_entropy' or 'fused', got {self.scorer!r}")
+        try:
+            self.entropy_select()
+        except ValueError as e:  # EntropySelect names its argument; the field is es_<argument>
+            raise ValueError(f"es_{e}") from None
         if self.entropy_mode not in ("auto", "options", "vocab"):
             raise ValueError(f"entropy_mode: must be 'auto', 'options' or 'vocab', got {self.entropy_mode!r}")
         if not self.temperature > 0:
@@ -90,6 +108,12 @@ class AdaptTokenConfig:
                                                  or self.reference_layer < 0):
             raise ValueError(f"reference_layer: must be an integer >= 0 or None, got {self.reference_layer!r}")
         return self
+
+    def entropy_select(self):
+        """The :class:`~adapttoken_ext.entropyselect.EntropySelect` of these settings."""
+        from .entropyselect import EntropySelect
+        return EntropySelect(self.budget, self.es_window, self.es_temperature, self.es_alpha,
+                             self.es_grid)
 
     def to_dict(self) -> dict:
         return asdict(self)

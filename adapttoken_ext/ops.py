@@ -13,7 +13,7 @@ import torch
 from . import _library  # noqa: F401  (defines torch.ops.adapttoken)
 from . import reference as _ref
 
-__all__ = ["attention_scores", "segmented_topk", "softmax_entropy", "select"]
+__all__ = ["attention_scores", "segmented_topk", "softmax_entropy", "select", "local_entropy"]
 
 
 def attention_scores(
@@ -150,6 +150,38 @@ def select(
         query, key, query_start, visual_offsets, budgets, scale, reduce)
 
 
+def local_entropy(tokens: torch.Tensor, window: int = 3, temperature: float = 0.1) -> torch.Tensor:
+    """EntropySelect's local entropy of each visual token (README "EntropySelect", step 1).
+
+    For the token at ``(t, h, w)``, ``s_j`` is its cosine similarity to each other token
+    ``j`` of the ``window x window`` spatial window around it in frame ``t`` (border tokens
+    use the neighbours that exist; a zero vector has cosine 0), ``p = softmax(s / temperature)``
+    and the result is ``e = H(p) / ln n`` in ``[0, 1]``, ``n`` the number of neighbours;
+    ``e = 0`` when ``n < 2``. Entropy in nats, accumulated in float32 (dot products) and
+    float64 (softmax). One pass per token over its window: no ``[N, k^2, C]`` gather; extra
+    memory is ``window * Wg * C`` floats per thread (CPU). A NaN in a window gives NaN.
+
+    Low ``e`` means the token's similarities are peaked: it resembles a few neighbours and
+    not the others (object boundaries, small objects); a token in a flat region or one
+    equally unlike all of its neighbours has ``e`` near 1.
+
+    Args:
+        tokens: ``[T, Hg, Wg, C]`` float32/float16/bfloat16 visual tokens (frames or temporal
+            units, merged-token grid rows and columns, hidden size); any strides.
+        window: ``k``, an odd integer ``>= 3`` (chosen default 3).
+        temperature: ``T``, finite, ``> 0`` (chosen default 0.1).
+
+    Returns:
+        float32 ``[T, Hg, Wg]``.
+
+    Raises:
+        RuntimeError (compiled kernels) or ValueError/TypeError (reference), naming
+        ``tokens``, ``window`` or ``temperature``: wrong rank, dtype or empty dimension, an
+        even window or one below 3, a temperature that is not finite and positive.
+    """
+    return torch.ops.adapttoken.local_entropy(tokens, window, temperature)
+
+
 # Fake kernels: output metadata for FakeTensor tracing (torch.compile, export).
 # They run the metadata checks; checks that read data happen in the real kernels.
 
@@ -180,3 +212,9 @@ def _(query, key, query_start, visual_offsets, budgets, scale, reduce="max"):
     _ref.check_segment_tensors("select", visual_offsets, "visual_offsets", budgets, "budgets")
     n = torch.library.get_ctx().new_dynamic_size()
     return query.new_empty(n, dtype=torch.int64), query.new_empty(n, dtype=torch.float32)
+
+
+@torch.library.register_fake("adapttoken::local_entropy")
+def _(tokens, window=3, temperature=0.1):
+    _ref.check_local_entropy(tokens, window, temperature)
+    return tokens.new_empty(tokens.shape[:3], dtype=torch.float32)

@@ -28,7 +28,9 @@ class AdaptTokenResult:
     ``timestamps_s``: their presentation times in seconds (method.md step 0).
     ``selected_tokens`` lists dicts ``{frame, time_s, h, w, score}``: the first video frame
     of the token's unit and its time, its row and column in the merged token grid, and its
-    attention score. ``timings_s`` has one entry per
+    attention score (EntropySelect's fused score under ``scorer="local_entropy"`` or
+    ``method="entropyselect"``). ``method``: ``"adapttoken"`` or ``"entropyselect"``.
+    ``timings_s`` has one entry per
     stage in :data:`STAGES` plus ``total``; ``peak_memory_bytes`` has ``host_rss`` and, on
     GPU, ``cuda``. ``candidate_rows_peak``: the most candidate embeddings held on the
     host at once (rows of ``hidden``)."""
@@ -44,6 +46,7 @@ class AdaptTokenResult:
     peak_memory_bytes: dict
     tiny_model: bool = False
     candidate_rows_peak: int = 0
+    method: str = "adapttoken"
     grid: tuple = field(default=(0, 0))
 
     def to_dict(self) -> dict:
@@ -122,7 +125,7 @@ class AdaptToken:
         return cls(adapter, config, name=tiny_model_id(family) if tiny else model, tiny=tiny)
 
     def answer(self, video, question: str, options: list[str] | None = None,
-               progress: bool = True) -> AdaptTokenResult:
+               progress: bool = True, method: str = "adapttoken") -> AdaptTokenResult:
         """Answer ``question`` about ``video`` (method.md steps 0-9).
 
         Args:
@@ -130,6 +133,9 @@ class AdaptToken:
             question: non-empty text.
             options: optional ``["A. ...", "B. ...", ...]``; enables option-letter entropy.
             progress: show a tqdm bar over groups.
+            method: ``"adapttoken"``, or ``"entropyselect"``: EntropySelect alone (README
+                "EntropySelect"): the vision tower over every group, a global selection of
+                ``budget`` tokens without the question, then the final pass (step 9).
 
         Raises:
             FileNotFoundError: ``video`` does not exist.
@@ -137,6 +143,8 @@ class AdaptToken:
                 options, or a bad config field; all raised before the first group pass.
         """
         cfg, ad = self.config, self.adapter
+        if method not in ("adapttoken", "entropyselect"):
+            raise ValueError(f"method: must be 'adapttoken' or 'entropyselect', got {method!r}")
         cuda = ad.input_device.type == "cuda" or any(p.is_cuda for p in ad.model.parameters())
         for i in range(torch.cuda.device_count() if cuda else 0):
             torch.cuda.reset_peak_memory_stats(i)
@@ -145,10 +153,15 @@ class AdaptToken:
         with VideoReader(video, cache_bytes=cfg.decode_cache_mb << 20) as reader:
             plan = stages.make_plan(ad, reader.info, cfg, question, options)
             reader.plan(plan.frames, *plan.size)
-            records, pool, stopped = stages.scan_groups(ad, self.capture, reader, plan, cfg, timer, progress)
-            keys, scores, kept = self._select(plan, records, pool, reader, timer)
-        peak_rows = pool.peak_rows
-        del pool
+            if method == "entropyselect":
+                records, keys, scores, kept = stages.entropyselect(ad, reader, plan, cfg, timer, progress)
+                stopped, peak_rows = None, sum(r.num_tokens for r in records)
+            else:
+                records, pool, stopped = stages.scan_groups(ad, self.capture, reader, plan, cfg, timer,
+                                                            progress)
+                keys, scores, kept = self._select(plan, records, pool, reader, timer)
+                peak_rows = pool.peak_rows
+                del pool
         out_ids = stages.final_pass(ad, plan, keys, kept, timer)
         timings = dict(timer.t)
         timings["total"] = time.perf_counter() - t_start
@@ -165,7 +178,7 @@ class AdaptToken:
             timestamps_s=plan.frame_times_s, groups=records,
             budget=cfg.budget, selected_tokens=tokens, stopped_after_group=stopped,
             timings_s=timings, peak_memory_bytes=mem, tiny_model=self.tiny,
-            candidate_rows_peak=peak_rows, grid=plan.grid)
+            candidate_rows_peak=peak_rows, method=method, grid=plan.grid)
 
     def _select(self, plan, records, pool, reader, timer):
         """Steps 5-7; a refill's re-encoding counts as decode and vision time, not selection,

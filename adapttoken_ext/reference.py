@@ -15,7 +15,7 @@ import math
 
 import torch
 
-__all__ = ["attention_scores", "segmented_topk", "softmax_entropy", "select"]
+__all__ = ["attention_scores", "segmented_topk", "softmax_entropy", "select", "local_entropy"]
 
 _FLOAT_TYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -128,6 +128,18 @@ def check_softmax_entropy(logits, index, temperature):
             _fail(op, ValueError, "index must not be empty")
 
 
+def check_local_entropy(tokens, window, temperature):
+    op = "local_entropy"
+    _check_rank(op, tokens, "tokens", 4, "[T, Hg, Wg, C]")
+    _check_dtype(op, tokens, "tokens", _FLOAT_TYPES)
+    if min(tokens.shape) <= 0:
+        _fail(op, ValueError, f"tokens must have no empty dimension, got shape {list(tokens.shape)}")
+    if isinstance(window, bool) or not isinstance(window, int) or window < 3 or window % 2 == 0:
+        _fail(op, ValueError, f"window must be an odd integer >= 3, got {window}")
+    if not (math.isfinite(temperature) and temperature > 0):
+        _fail(op, ValueError, f"temperature must be finite and > 0, got {temperature}")
+
+
 def attention_scores(query, key, query_start, visual_start, visual_end, scale, reduce="max"):
     """Reference of :func:`adapttoken_ext.ops.attention_scores` (method.md step 3).
 
@@ -210,3 +222,26 @@ def select(query, key, query_start, visual_offsets, budgets, scale, reduce="max"
     scores = attention_scores(query, key, query_start, v0, v1, scale, reduce)[0]
     values, indices = segmented_topk(scores, visual_offsets - v0, budgets, True)
     return indices + v0, values
+
+
+def local_entropy(tokens, window=3, temperature=0.1):
+    """Reference of :func:`adapttoken_ext.ops.local_entropy` (EntropySelect step 1).
+
+    Gathers every token's ``k x k`` window (``[T, Hg, Wg, C, k, k]`` in float32), so its
+    memory grows with ``k^2 * C`` per token.
+    """
+    check_local_entropy(tokens, window, temperature)
+    T, H, W, C = tokens.shape
+    r = window // 2
+    x = tokens.float()
+    norm = x.norm(dim=-1, keepdim=True)
+    x = torch.where(norm == 0, torch.zeros_like(x), x / norm)  # a zero vector has cosine 0
+    win = torch.nn.functional.pad(x, (0, 0, r, r, r, r)).unfold(1, window, 1).unfold(2, window, 1)
+    sim = torch.einsum("thwc,thwcij->thwij", x, win).reshape(T, H, W, window * window)
+    inside = torch.nn.functional.pad(torch.ones(H, W, device=x.device), (r, r, r, r))
+    inside = inside.unfold(0, window, 1).unfold(1, window, 1).reshape(H, W, window * window).bool()
+    inside[..., window * window // 2] = False  # not the token itself
+    p = torch.softmax((sim / temperature).masked_fill(~inside, float("-inf")), dim=-1)
+    ent = torch.special.entr(p).masked_fill(~inside, 0.0).sum(dim=-1)
+    n = inside.sum(dim=-1)
+    return torch.where(n >= 2, ent / n.clamp(min=2).double().log().float(), torch.zeros_like(ent))

@@ -162,20 +162,30 @@ def make_plan(adapter, info: VideoInfo, cfg: AdaptTokenConfig, question: str,
 @dataclass
 class GroupEncoding:
     """A group's visual tokens (question-independent): ``visual`` rows in (unit, h, w)
-    raster order of ``units``."""
+    raster order of ``units``; ``local``: EntropySelect's score of each row (float32
+    ``[N]``, host) when :func:`encode_group` was given a scorer."""
     units: list[int]
     visual: Visual
+    local: torch.Tensor | None = None
 
 
-def encode_group(adapter, reader, plan: Plan, g: int, timer: Timer | None = None) -> GroupEncoding:
-    """Decode group ``g``'s frames and run the vision tower (method.md step 1)."""
+def encode_group(adapter, reader, plan: Plan, g: int, timer: Timer | None = None,
+                 scorer=None) -> GroupEncoding:
+    """Decode group ``g``'s frames and run the vision tower (method.md step 1). With an
+    :class:`~adapttoken_ext.entropyselect.EntropySelect` ``scorer``, also score the tokens
+    from them and the frames (timed as ``scoring``); each unit's frames form one grid."""
     timer = timer or Timer()
     units = plan.groups[g]
     with timer("decode"):
         frames = reader.get_frames(plan.unit_frames(units), *plan.size)
     with timer("vision_encoder"):
         visual = adapter.encode(frames)
-    return GroupEncoding(units, visual)
+    enc = GroupEncoding(units, visual)
+    if scorer is not None:
+        with timer("scoring"):
+            tokens = visual.embeds.view(len(units), *plan.grid, -1)
+            enc.local = scorer.scores(tokens, frames).flatten().cpu()
+    return enc
 
 
 @dataclass
@@ -188,12 +198,14 @@ class GroupScores:
 
 
 def score_group(adapter, capture, plan: Plan, enc: GroupEncoding, reduce: str = "max",
-                timer: Timer | None = None) -> GroupScores:
+                timer: Timer | None = None, scorer: str = "attention") -> GroupScores:
     """The group pass for the question (method.md steps 2-4).
 
     Prefills ``[prefix][group's visual tokens][question...]`` at compact positions (the
     group as a short video), scores every visual key with the text queries after the video
     at the reference layer (``capture``), and takes the answer entropy at the last position.
+    ``scorer`` (``AdaptTokenConfig.scorer``) ``"local_entropy"`` ranks by ``enc.local``
+    instead, ``"fused"`` by the attention score over the group's maximum times ``enc.local``.
     """
     timer = timer or Timer()
     with timer("group_prefill"):
@@ -209,6 +221,11 @@ def score_group(adapter, capture, plan: Plan, enc: GroupEncoding, reduce: str = 
     timer.t["group_prefill"] -= capture.elapsed
     with timer("scoring"):
         scores = span[(seq.visual_columns - vs).to(span.device)].cpu()
+        if scorer == "local_entropy":
+            scores = enc.local
+        elif scorer == "fused":
+            top = scores.max()
+            scores = torch.where(top > 0, scores / top.clamp(min=1e-30), 0.0) * enc.local
     with timer("entropy"):
         h = float(answer_entropy(logits, plan.option_ids))
     k = len(plan.option_ids) if plan.option_ids else logits.shape[-1]
@@ -299,12 +316,13 @@ class CandidatePool:
 
 @dataclass
 class GroupRecord:
-    """One visited group: its sampled video frame indices, visual tokens, entropy (nats),
-    budget ``B_g`` and the number of tokens finally selected from it."""
+    """One visited group: its sampled video frame indices, visual tokens, entropy (nats;
+    None under EntropySelect, which has no group pass), budget ``B_g`` and the number of
+    tokens finally selected from it."""
     index: int
     frames: list[int]
     num_tokens: int
-    entropy: float
+    entropy: float | None
     budget: int = 0
     selected: int = 0
 
@@ -321,9 +339,10 @@ def scan_groups(adapter, capture, reader, plan: Plan, cfg: AdaptTokenConfig, tim
     headroom = 2 if cfg.redundancy_threshold is not None else 1
     records, stopped = [], None
     bar = _progress(range(len(plan.groups)), progress, desc="groups")
+    local = cfg.entropy_select() if cfg.scorer != "attention" else None
     for g in bar:
-        enc = encode_group(adapter, reader, plan, g, timer)
-        res = score_group(adapter, capture, plan, enc, cfg.reduce, timer)
+        enc = encode_group(adapter, reader, plan, g, timer, local)
+        res = score_group(adapter, capture, plan, enc, cfg.reduce, timer, cfg.scorer)
         h = res.entropy
         records.append(GroupRecord(g, plan.unit_frames(plan.groups[g]), res.scores.numel(), h))
         if hasattr(bar, "set_postfix"):
@@ -379,6 +398,46 @@ def allocate_and_select(plan: Plan, cfg: AdaptTokenConfig, records: list[GroupRe
     for r, b, k in zip(records, budgets.tolist(), keep):
         r.budget, r.selected = b, k.numel()
     return keys[order], scores[order], visual.take(order)
+
+
+# ---- EntropySelect as a baseline (README "EntropySelect") ------------------------------------
+
+def entropyselect(adapter, reader, plan: Plan, cfg: AdaptTokenConfig, timer: Timer,
+                  progress: bool = False):
+    """EntropySelect alone: one vision-encoder pass per group (no language model), a global
+    selection of ``cfg.budget`` tokens over all units (per-unit budgets, grid quotas, one
+    sort), ready for :func:`final_pass`. Every token's embedding is held on the host until
+    the selection (``N x hidden``, in the model's dtype).
+
+    Returns:
+        ``(records, keys, scores, visual)``: a :class:`GroupRecord` per group (``entropy``
+        None; ``budget`` and ``selected``: its units' budgets and kept tokens), and the kept
+        tokens in ascending key order: int64 keys, float32 fused scores, their :class:`Visual`.
+    """
+    es, tpu = cfg.entropy_select(), plan.tokens_per_unit
+    scores = torch.empty(plan.num_units, *plan.grid)
+    parts, rows_of = [], []
+    for g in _progress(range(len(plan.groups)), progress, desc="groups"):
+        enc = encode_group(adapter, reader, plan, g, timer, es)
+        scores[enc.units] = enc.local.view(len(enc.units), *plan.grid)
+        parts.append(Visual(enc.visual.embeds.cpu(), {k: v.cpu() for k, v in enc.visual.side.items()}))
+        rows_of.append((torch.tensor(enc.units)[:, None] * tpu + torch.arange(tpu)).flatten())
+    with timer("selection"):
+        budgets = es.frame_budgets(scores)
+        keys = es.select(scores, budgets)
+        part = torch.empty(plan.num_units * tpu, dtype=torch.int64)  # key -> (group, row)
+        row = torch.empty_like(part)
+        for i, r in enumerate(rows_of):
+            part[r], row[r] = i, torch.arange(r.numel())
+        by_part = torch.argsort(part[keys], stable=True)  # no copy of all the held tokens
+        picked = Visual.cat([p.take(row[keys[by_part][part[keys[by_part]] == i]])
+                             for i, p in enumerate(parts)])
+        visual = picked.take(torch.argsort(by_part))
+    records = []
+    for g, units in enumerate(plan.groups):
+        b = int(budgets[units].sum())
+        records.append(GroupRecord(g, plan.unit_frames(units), len(units) * tpu, None, b, b))
+    return records, keys, scores.flatten()[keys], visual
 
 
 # ---- final pass (step 9) ------------------------------------------------------------------

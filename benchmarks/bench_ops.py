@@ -1,12 +1,16 @@
 """Speed and peak memory of each torch.ops.adapttoken op against its PyTorch reference.
 
 Shapes are Qwen2.5-VL-7B's at the reference layer (Hq=28, Hkv=4, D=128, 64 text
-queries, groups of 8K-32K visual keys, vocab 152,064). Times are medians over
+queries, groups of 8K-32K visual keys, vocab 152,064). local_entropy takes visual tokens
+[frames, 11, 20, 3584] in bf16 (Qwen2.5-VL-7B at 308x560; 2048 frames' worth is 3.2 GB);
+its reference gathers every 3x3 window in float32 (58 GB at 2048 frames), so it runs on
+a 32-frame slice, the ext on both. Times are medians over
 repeats (with p20/p80), in ms; peak memory is the extra host RSS of one call,
 measured in a fresh process. Prints a table of ratios and writes
-benchmarks/results/<device>_ops.json and .log.
+benchmarks/results/<device>_ops.json and .log (with --cases, <device>_ops_<suffix>).
 
     python benchmarks/bench_ops.py [--device cpu] [--repeats 7] [--quick]
+    python benchmarks/bench_ops.py --cases local_entropy:32 local_entropy:2048 --suffix local_entropy
 """
 
 from __future__ import annotations
@@ -69,6 +73,13 @@ def make_case(name: str, device: str):
         budgets = torch.full((4,), min(1760, L // 4), device=device)  # 7040 kept at 32K
         return {"ext": lambda: ops.select(q, k, 0, offsets, budgets),
                 "reference": lambda: reference.select(q, k, 0, offsets, budgets, D ** -0.5)}
+    if kind == "local_entropy":
+        frames = int(size)
+        tokens = torch.randn(frames, 11, 20, 3584, device=device, dtype=torch.bfloat16)
+        variants = {"ext": lambda: ops.local_entropy(tokens, 3, 0.1)}
+        if frames <= 64:  # the reference's float32 window gather: 28 MB per frame
+            variants["reference"] = lambda: reference.local_entropy(tokens, 3, 0.1)
+        return variants
     raise ValueError(name)
 
 
@@ -146,11 +157,15 @@ def main():
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--quick", action="store_true", help="small sizes, no memory runs (smoke test)")
+    ap.add_argument("--cases", nargs="+", metavar="KIND:SIZE", help="run only these cases")
+    ap.add_argument("--suffix", default="", help="results file <device>_ops_<suffix>")
     args = ap.parse_args()
 
-    if args.quick:
+    if args.cases:
+        cases = args.cases
+    elif args.quick:
         cases = ["attention_scores:1024", "segmented_topk:1000", "softmax_entropy:4",
-                 "select:1024"]
+                 "select:1024", "local_entropy:4"]
     else:
         cases = ["attention_scores:8192", "attention_scores:16384", "attention_scores:32768",
                  "segmented_topk:20000", "softmax_entropy:64", "select:32768"]
@@ -174,10 +189,13 @@ def main():
             print(line, flush=True)
             lines.append(line)
         ext = row["variants"]["ext"]
+        if name.startswith("local_entropy"):  # bytes read per second: the bandwidth it reaches
+            row["ext_input_gb_per_s"] = 2 * 220 * 3584 * int(name.split(":")[1]) / (
+                ext["time_ms"]["median"] * 1e6)
         row["ratios"] = {
             f"{v}_time_over_ext": r["time_ms"]["median"] / ext["time_ms"]["median"]
             for v, r in row["variants"].items() if v != "ext"}
-        if ext["peak_extra_bytes"] and row["variants"]["reference"]["peak_extra_bytes"]:
+        if ext["peak_extra_bytes"] and row["variants"].get("reference", {}).get("peak_extra_bytes"):
             row["ratios"]["reference_peak_over_ext"] = (
                 row["variants"]["reference"]["peak_extra_bytes"] / ext["peak_extra_bytes"])
         results.append(row)
@@ -185,13 +203,15 @@ def main():
     lines.append("")
     lines.append(f"{'case':<26}ratios (x = how many times the ext is better)")
     for row in results:
-        ratio = ", ".join(f"{k} {v:.1f}x" for k, v in row["ratios"].items())
+        ratio = ", ".join([f"{k} {v:.1f}x" for k, v in row["ratios"].items()] + (
+            [f"ext reads its input at {row['ext_input_gb_per_s']:.2f} GB/s"]
+            if "ext_input_gb_per_s" in row else []))
         lines.append(f"{row['case']:<26}{ratio}")
     print("\n".join(lines[-len(results) - 2:]))
 
     if not args.quick:
         RESULTS.mkdir(exist_ok=True)
-        stem = RESULTS / f"{args.device}_ops"
+        stem = RESULTS / f"{args.device}_ops{'_' + args.suffix if args.suffix else ''}"
         stem.with_suffix(".json").write_text(json.dumps({"environment": env, "results": results},
                                                         indent=2) + "\n")
         stem.with_suffix(".log").write_text("\n".join(lines) + "\n")

@@ -73,6 +73,31 @@ inline std::vector<int64_t> leading_shape(const Tensor& t) {
   return shape;
 }
 
+// local_entropy's checks (device placement is the caller's).
+inline void check_local_entropy(const char* op, const Tensor& tokens, int64_t window,
+                                double temperature) {
+  check_rank(op, tokens, "tokens", 4, "[T, Hg, Wg, C]");
+  check_float(op, tokens, "tokens");
+  for (int64_t d = 0; d < 4; ++d)
+    ADAPTTOKEN_CHECK(tokens.size(d) > 0, op, "tokens must have no empty dimension, got shape ",
+                     shape_str(tokens));
+  ADAPTTOKEN_CHECK(window >= 3 && window % 2 == 1, op,
+                   "window must be an odd integer >= 3, got ", window);
+  ADAPTTOKEN_CHECK(std::isfinite(temperature) && temperature > 0, op,
+                   "temperature must be finite and > 0, got ", temperature);
+}
+
+template <typename Params>
+void fill_local_entropy_params(Params& p, const Tensor& tokens, int64_t window,
+                               double temperature, float* out) {
+  p.tokens = tokens.const_data_ptr();
+  p.T = tokens.size(0), p.H = tokens.size(1), p.W = tokens.size(2), p.C = tokens.size(3);
+  for (int i = 0; i < 4; ++i) p.stride[i] = tokens.stride(i);
+  p.window = window;
+  p.temperature = float(temperature);
+  p.out = out;
+}
+
 // select's metadata checks after check_attention; returns G.
 inline int64_t check_select(const char* op, const AttentionShape& s, const Tensor& query,
                             const Tensor& visual_offsets, const Tensor& budgets) {

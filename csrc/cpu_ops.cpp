@@ -10,6 +10,7 @@
 
 #include "bindings.h"
 #include "kernels/cpu/attention_scores.h"
+#include "kernels/cpu/local_entropy.h"
 #include "kernels/cpu/segmented_topk.h"
 #include "kernels/cpu/softmax_entropy.h"
 
@@ -127,6 +128,21 @@ Tensor softmax_entropy(Tensor logits, std::optional<Tensor> index, double temper
   return out;
 }
 
+Tensor local_entropy(Tensor tokens, int64_t window, double temperature) {
+  const char* op = "local_entropy";
+  check_local_entropy(op, tokens, window, temperature);
+  check_cpu(op, tokens, "tokens");
+  Tensor out = torch::stable::new_empty(tokens, {tokens.size(0), tokens.size(1), tokens.size(2)},
+                                        ScalarType::Float);
+  cpu::LocalEntropyParams p{};
+  fill_local_entropy_params(p, tokens, window, temperature,
+                            static_cast<float*>(out.mutable_data_ptr()));
+  dispatch_float(tokens.scalar_type(), [&](auto tag) {
+    cpu::local_entropy<decltype(tag)>(p, TorchParallelFor{});
+  });
+  return out;
+}
+
 std::tuple<Tensor, Tensor> select(Tensor query, Tensor key, int64_t query_start,
                                   Tensor visual_offsets, Tensor budgets, double scale,
                                   std::string reduce) {
@@ -155,4 +171,5 @@ STABLE_TORCH_LIBRARY_IMPL(adapttoken, CPU, m) {
   m.impl("segmented_topk", TORCH_BOX(&adapttoken::segmented_topk));
   m.impl("softmax_entropy", TORCH_BOX(&adapttoken::softmax_entropy));
   m.impl("select", TORCH_BOX(&adapttoken::select));
+  m.impl("local_entropy", TORCH_BOX(&adapttoken::local_entropy));
 }

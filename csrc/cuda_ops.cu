@@ -16,6 +16,7 @@
 
 #include "bindings.h"
 #include "kernels/cuda/attention_scores.cuh"
+#include "kernels/cuda/local_entropy.cuh"
 #include "kernels/cuda/segmented_topk.cuh"
 #include "kernels/cuda/softmax_entropy.cuh"
 
@@ -163,6 +164,24 @@ Tensor softmax_entropy(Tensor logits, std::optional<Tensor> index, double temper
   return out;
 }
 
+Tensor local_entropy(Tensor tokens, int64_t window, double temperature) {
+  const char* op = "local_entropy";
+  check_local_entropy(op, tokens, window, temperature);
+  check_cuda(op, tokens, "tokens");
+  ADAPTTOKEN_CHECK(window <= cuda::kLocalEntropyMaxWindow, op, "window must be <= ",
+                   cuda::kLocalEntropyMaxWindow, " for the CUDA kernel, got ", window);
+  torch::stable::accelerator::DeviceGuard guard(tokens.get_device_index());
+  Tensor out = torch::stable::new_empty(tokens, {tokens.size(0), tokens.size(1), tokens.size(2)},
+                                        ScalarType::Float);
+  cuda::LocalEntropyParams p{};
+  fill_local_entropy_params(p, tokens, window, temperature,
+                            static_cast<float*>(out.mutable_data_ptr()));
+  dispatch_float(tokens.scalar_type(), [&](auto tag) {
+    cuda_check(cuda::local_entropy<decltype(tag)>(p, current_stream(tokens)), op);
+  });
+  return out;
+}
+
 // Adds v0 to every index (select returns absolute key positions).
 __global__ void add_offset(int64_t* x, int64_t n, int64_t v0) {
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -211,4 +230,5 @@ STABLE_TORCH_LIBRARY_IMPL(adapttoken, CUDA, m) {
   m.impl("segmented_topk", TORCH_BOX(&adapttoken::segmented_topk));
   m.impl("softmax_entropy", TORCH_BOX(&adapttoken::softmax_entropy));
   m.impl("select", TORCH_BOX(&adapttoken::select));
+  m.impl("local_entropy", TORCH_BOX(&adapttoken::local_entropy));
 }

@@ -10,4 +10,5 @@ STABLE_TORCH_LIBRARY(adapttoken, m) {
   m.def("softmax_entropy(Tensor logits, Tensor? index=None, float temperature=1.0) -> Tensor");
   m.def("select(Tensor query, Tensor key, int query_start, Tensor visual_offsets, "
         "Tensor budgets, float scale, str reduce=\"max\") -> (Tensor indices, Tensor scores)");
+  m.def("local_entropy(Tensor tokens, int window=3, float temperature=0.1) -> Tensor");
 }

@@ -21,6 +21,7 @@ def _opcheck_cases():
                            torch.tensor([2, 0, 15]), True),
         "softmax_entropy": (torch.randn(3, 50), torch.tensor([1, 4, 9]), 0.7),
         "select": (q, k, 2, torch.tensor([3, 10, 24]), torch.tensor([4, 6]), 0.25, "mean"),
+        "local_entropy": (torch.randn(2, 3, 4, 16), 3, 0.2),
     }
 
 

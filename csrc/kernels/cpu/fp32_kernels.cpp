@@ -63,6 +63,8 @@ void gemm_nt(const float* a, const float* bt, float* c, int64_t rows, int64_t co
   ADAPTTOKEN_DISPATCH(gemm_nt, a, bt, c, rows, cols, depth)
 }
 
+float dot(const float* a, const float* b, int64_t n) { ADAPTTOKEN_DISPATCH(dot, a, b, n) }
+
 void online_lse_update(const float* x, int64_t n, float scale, float* m, float* l) {
   ADAPTTOKEN_DISPATCH(online_lse_update, x, n, scale, m, l)
 }

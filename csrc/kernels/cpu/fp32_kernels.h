@@ -17,6 +17,9 @@ constexpr int64_t kGemmNR = 32;
 void gemm_nt(const float* a, const float* bt, float* c, int64_t rows, int64_t cols,
              int64_t depth);
 
+// Dot product sum_c a[c] * b[c] in float32 (lane-wise partial sums).
+float dot(const float* a, const float* b, int64_t n);
+
 // Online log-sum-exp over y = x[0..n) * scale: updates the running max *m and
 // the running sum *l = sum exp(y - *m). Start from *m = -inf, *l = 0.
 void online_lse_update(const float* x, int64_t n, float scale, float* m, float* l);

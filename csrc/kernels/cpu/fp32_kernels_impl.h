@@ -32,6 +32,18 @@ void gemm_nt(const float* a, const float* bt, float* c, int64_t rows, int64_t co
   }
 }
 
+float dot(const float* a, const float* b, int64_t n) {
+  vf acc0 = {}, acc1 = {};
+  int64_t i = 0;
+  for (; i + 2 * kLanes <= n; i += 2 * kLanes) {  // two accumulators hide the FMA latency
+    acc0 += vload(a + i) * vload(b + i);
+    acc1 += vload(a + i + kLanes) * vload(b + i + kLanes);
+  }
+  for (; i + kLanes <= n; i += kLanes) acc0 += vload(a + i) * vload(b + i);
+  if (i < n) acc1 += vload_partial(a + i, n - i, 0.f) * vload_partial(b + i, n - i, 0.f);
+  return hsum(acc0 + acc1);
+}
+
 void online_lse_update(const float* x, int64_t n, float scale, float* m, float* l) {
   if (n <= 0) return;
   vf vm = vsplat(kNegInf);
