@@ -309,8 +309,9 @@ class GroupRecord:
 
 
 def scan_groups(adapter, capture, reader, plan: Plan, cfg: AdaptTokenConfig, timer: Timer,
-                progress: bool = False):
+                progress: bool = False, encode=None):
     """Visit the groups in order (method.md steps 2-4), stopping early under Lite (step 8).
+    ``encode(g) -> GroupEncoding`` replaces :func:`encode_group` (e.g. a cache of encodings).
 
     Returns:
         ``(records, pool, stopped)``: a :class:`GroupRecord` per visited group, the
@@ -321,7 +322,7 @@ def scan_groups(adapter, capture, reader, plan: Plan, cfg: AdaptTokenConfig, tim
     records, stopped = [], None
     bar = _progress(range(len(plan.groups)), progress, desc="groups")
     for g in bar:
-        enc = encode_group(adapter, reader, plan, g, timer)
+        enc = encode(g) if encode else encode_group(adapter, reader, plan, g, timer)
         res = score_group(adapter, capture, plan, enc, cfg.reduce, timer)
         h = res.entropy
         records.append(GroupRecord(g, plan.unit_frames(plan.groups[g]), res.scores.numel(), h))
