@@ -1,0 +1,1 @@
+"""Integrations with evaluation frameworks (optional dependencies, imported on use)."""

@@ -1,0 +1,76 @@
+"""The lmms-eval plug-in: entry-point registration, model_args, prompts, and an offline
+``python -m lmms_eval`` run over the local task in ``lmms_eval_task/`` (skipped when
+lmms-eval is not installed; ``.ci/run`` installs it)."""
+import glob
+import json
+import os
+import subprocess
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import pytest
+
+from adapttoken_ext.models.tiny import ensure_tiny_model
+
+TASK_DIR = Path(__file__).parent / "lmms_eval_task"
+ARGS = "frames=32,max_pixels=25088,units_per_group=8,budget=40"
+
+
+def test_package_imports_without_lmms_eval():
+    code = ("import sys; sys.modules['lmms_eval'] = None\n"  # any import of it fails
+            "import adapttoken_ext, adapttoken_ext.integrations, adapttoken_ext.pipeline, adapttoken_ext.cli\n"
+            "try:\n    import adapttoken_ext.integrations.lmms_eval\nexcept ImportError: print('needs lmms_eval')")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "needs lmms_eval"
+
+
+def test_split_prompt():
+    pytest.importorskip("lmms_eval")
+    from adapttoken_ext.integrations.lmms_eval import split_prompt
+    q, o = split_prompt("<video>Select the best answer.\nWhat is shown?\nA. a cat\nB) a dog\n(C) a fish\n"
+                        "Answer with the option's letter from the given choices directly.")
+    assert o == ["A. a cat", "B) a dog", "(C) a fish"]
+    assert q == ("Select the best answer.\nWhat is shown?\n"
+                 "Answer with the option's letter from the given choices directly.")
+    assert split_prompt("Describe the video in detail.") == ("Describe the video in detail.", None)
+
+
+def test_registered_and_model_args_checked():
+    pytest.importorskip("lmms_eval")
+    from adapttoken_ext.integrations.lmms_eval import MANIFEST, AdaptTokenLMMS
+    eps = [e for e in entry_points(group="lmms_eval.models") if e.name == "adapttoken"]
+    if not eps:
+        pytest.skip("adapttoken-ext is not installed (pip install -e .): no entry points")
+    assert eps[0].load() is MANIFEST
+    from lmms_eval.models import get_model
+    assert get_model("adapttoken") is AdaptTokenLMMS
+    with pytest.raises(ValueError, match="unknown key.*bogus"):
+        AdaptTokenLMMS(pretrained=str(ensure_tiny_model()), bogus=1)
+    with pytest.raises(ValueError, match="budget"):
+        AdaptTokenLMMS(pretrained=str(ensure_tiny_model()), budget=0)
+    m = AdaptTokenLMMS(pretrained=str(ensure_tiny_model()), frames=32, lite=True)
+    assert m.pipeline.config.frames == 32 and m.pipeline.config.lite is True
+    with pytest.raises(NotImplementedError, match="loglikelihood"):
+        m.loglikelihood([])
+
+
+def test_offline_lmms_eval_run(tmp_path):
+    pytest.importorskip("lmms_eval")
+    if not [e for e in entry_points(group="lmms_eval.models") if e.name == "adapttoken"]:
+        pytest.skip("adapttoken-ext is not installed (pip install -e .): no entry points")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_DATASETS_CACHE=str(tmp_path / "hf"),
+               OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "lmms_eval", "--model", "adapttoken",
+           "--model_args", f"pretrained={ensure_tiny_model()},{ARGS}",
+           "--tasks", "adapttoken_mc", "--include_path", str(TASK_DIR), "--limit", "4",
+           "--batch_size", "1", "--output_path", str(tmp_path / "out")]
+    p = subprocess.run(cmd, env=env, cwd=TASK_DIR, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, (p.stdout[-3000:], p.stderr[-5000:])
+    files = glob.glob(str(tmp_path / "out" / "**" / "*results*.json"), recursive=True)
+    assert files, p.stderr[-3000:]
+    res = json.loads(Path(files[0]).read_text())
+    acc = res["results"]["adapttoken_mc"]["accuracy,none"]
+    assert 0.0 <= acc <= 1.0
+    assert res["n-samples"]["adapttoken_mc"]["effective"] == 4
