@@ -39,11 +39,12 @@ def test_split_prompt():
 
 def test_registered_and_model_args_checked():
     pytest.importorskip("lmms_eval")
-    from adapttoken_ext.integrations.lmms_eval import MANIFEST, AdaptTokenLMMS
+    from adapttoken_ext.integrations.lmms_eval import AdaptTokenLMMS  # before lmms_eval.models
     eps = [e for e in entry_points(group="lmms_eval.models") if e.name == "adapttoken"]
     if not eps:
         pytest.skip("adapttoken-ext is not installed (pip install -e .): no entry points")
-    assert eps[0].load() is MANIFEST
+    manifest = eps[0].load()()
+    assert manifest.model_id == "adapttoken" and manifest.simple_class_path.endswith(".AdaptTokenLMMS")
     from lmms_eval.models import get_model
     assert get_model("adapttoken") is AdaptTokenLMMS
     with pytest.raises(ValueError, match="unknown key.*bogus"):

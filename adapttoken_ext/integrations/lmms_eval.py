@@ -1,7 +1,7 @@
 """lmms-eval (>= 0.7) model plug-in: ``python -m lmms_eval --model adapttoken ...``.
 
-Registered through the ``lmms_eval.models`` entry point (:data:`MANIFEST`, lmms-eval's
-``ModelManifest``); no fork and no edit of lmms-eval. Install with
+Registered through the ``lmms_eval.models`` entry point (its payload, lmms-eval's
+``ModelManifest``, comes from :func:`adapttoken_ext.integrations.lmms_eval_manifest`); no fork and no edit of lmms-eval. Install with
 ``pip install adapttoken-ext[eval]``. Importing ``adapttoken_ext`` never needs lmms-eval.
 
 It is a *simple* model (``lmms_eval.api.model.lmms`` with ``is_simple = True``): a simple
@@ -23,14 +23,11 @@ import re
 
 from lmms_eval.api.instance import GenerationResult, TokenCounts
 from lmms_eval.api.model import lmms
-from lmms_eval.models.registry_v2 import ModelManifest
 
 from ..config import AdaptTokenConfig
 
-__all__ = ["AdaptTokenLMMS", "MANIFEST", "split_prompt"]
+__all__ = ["AdaptTokenLMMS", "split_prompt"]
 
-MANIFEST = ModelManifest(model_id="adapttoken",
-                         simple_class_path="adapttoken_ext.integrations.lmms_eval.AdaptTokenLMMS")
 _LOAD = ("pretrained", "family", "device", "device_map", "dtype", "attn_implementation", "batch_size")
 _OPTION = re.compile(r"^\s*\(?[A-Z]\s*[.):]\s*\S")
 _VIDEO = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".flv", ".mpeg", ".mpg", ".ts")
