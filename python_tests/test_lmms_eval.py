@@ -57,21 +57,43 @@ def test_registered_and_model_args_checked():
         m.loglikelihood([])
 
 
-def test_offline_lmms_eval_run(tmp_path):
+def _lmms_eval(out, nproc=1):
+    """``python -m lmms_eval`` (under torchrun with ``nproc`` > 1) on the local task;
+    returns the results JSON and ``{doc_id: response}`` from the logged samples."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1",
+               HF_DATASETS_CACHE=str(out / "hf"))
+    launch = [sys.executable] + (["-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+                                  str(nproc)] if nproc > 1 else [])
+    cmd = launch + ["-m", "lmms_eval", "--model", "adapttoken",
+                    "--model_args", f"pretrained={ensure_tiny_model()},{ARGS}",
+                    "--tasks", "adapttoken_mc", "--include_path", str(TASK_DIR), "--limit", "4",
+                    "--batch_size", "1", "--log_samples", "--output_path", str(out / "out")]
+    p = subprocess.run(cmd, env=env, cwd=TASK_DIR, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, (p.stdout[-3000:], p.stderr[-5000:])
+    results = glob.glob(str(out / "out" / "**" / "*_results.json"), recursive=True)
+    samples = glob.glob(str(out / "out" / "**" / "*_samples_adapttoken_mc.jsonl"), recursive=True)
+    assert len(results) == 1 and len(samples) == 1, p.stderr[-3000:]
+    with open(samples[0]) as f:
+        answers = {s["doc_id"]: (s["filtered_resps"], s["token_counts"]) for s in map(json.loads, f)}
+    return json.loads(Path(results[0]).read_text()), answers
+
+
+@pytest.fixture(scope="module")
+def lmms_eval_installed():
     pytest.importorskip("lmms_eval")
     if not [e for e in entry_points(group="lmms_eval.models") if e.name == "adapttoken"]:
         pytest.skip("adapttoken-ext is not installed (pip install -e .): no entry points")
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_DATASETS_CACHE=str(tmp_path / "hf"),
-               OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "lmms_eval", "--model", "adapttoken",
-           "--model_args", f"pretrained={ensure_tiny_model()},{ARGS}",
-           "--tasks", "adapttoken_mc", "--include_path", str(TASK_DIR), "--limit", "4",
-           "--batch_size", "1", "--output_path", str(tmp_path / "out")]
-    p = subprocess.run(cmd, env=env, cwd=TASK_DIR, capture_output=True, text=True, timeout=900)
-    assert p.returncode == 0, (p.stdout[-3000:], p.stderr[-5000:])
-    files = glob.glob(str(tmp_path / "out" / "**" / "*results*.json"), recursive=True)
-    assert files, p.stderr[-3000:]
-    res = json.loads(Path(files[0]).read_text())
+
+
+def test_offline_lmms_eval_run(lmms_eval_installed, tmp_path):
+    res, answers = _lmms_eval(tmp_path)
     acc = res["results"]["adapttoken_mc"]["accuracy,none"]
     assert 0.0 <= acc <= 1.0
     assert res["n-samples"]["adapttoken_mc"]["effective"] == 4
+    assert sorted(answers) == [0, 1, 2, 3]
+    for _, counts in answers.values():  # the visual tokens kept, reported as input tokens
+        assert 0 < counts[0]["input_tokens"] <= 40
+    # data parallel: 2 ranks (torchrun, gloo on CPU) answer the same 4 documents alike
+    res2, answers2 = _lmms_eval(tmp_path / "two", nproc=2)
+    assert answers2 == answers
+    assert res2["results"]["adapttoken_mc"]["accuracy,none"] == acc

@@ -76,6 +76,11 @@ class AdaptTokenLMMS(lmms):
             dtype=None if dtype == "auto" else getattr(torch, dtype), device_map=device_map,
             attn_implementation=attn_implementation, family=family)
 
+    @property
+    def device(self):
+        """Where inputs go (the embedding layer's device); lmms-eval gathers counts there."""
+        return self.pipeline.adapter.input_device
+
     def generate_until(self, requests) -> list:
         """Answers in request order. Requests about the same video are answered together
         (:meth:`AdaptToken.answer_many`: one visual encoding per video). Each answer's
