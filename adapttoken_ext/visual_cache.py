@@ -12,7 +12,7 @@ import os
 
 from .models.base import Visual
 
-__all__ = ["VisualCache", "CachedEncoder", "video_key"]
+__all__ = ["CachedEncoder", "VisualCache", "video_key"]
 
 
 def video_key(path: str | os.PathLike) -> tuple:

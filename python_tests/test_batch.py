@@ -47,8 +47,7 @@ def at():
 
 def _write(path, rows):
     with open(path, "w") as f:
-        for r in rows:
-            f.write((r if isinstance(r, str) else json.dumps(r)) + "\n")
+        f.writelines((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows)
 
 
 def _load(path):

@@ -39,7 +39,8 @@ def test_split_prompt():
 
 def test_registered_and_model_args_checked():
     pytest.importorskip("lmms_eval")
-    from adapttoken_ext.integrations.lmms_eval import AdaptTokenLMMS  # before lmms_eval.models
+    # imported before lmms_eval.models on purpose: the entry point must load in this order too
+    from adapttoken_ext.integrations.lmms_eval import AdaptTokenLMMS
     eps = [e for e in entry_points(group="lmms_eval.models") if e.name == "adapttoken"]
     if not eps:
         pytest.skip("adapttoken-ext is not installed (pip install -e .): no entry points")
