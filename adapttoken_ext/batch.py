@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 __all__ = ["Question", "read_questions", "run"]
 
@@ -34,7 +34,6 @@ class Question:
     question: str = ""
     options: list | None = None
     error: str | None = None
-    done: dict | None = field(default=None, repr=False)
 
 
 def read_questions(path: str) -> list[Question]:
