@@ -1,4 +1,5 @@
-"""The ``adapttoken`` command: ``answer`` a question about a video, or run the offline ``demo``."""
+"""The ``adapttoken`` command: ``answer`` a question about a video, run the offline ``demo``,
+or answer a JSONL file of questions (``batch``, resumable; many processes under torchrun)."""
 from __future__ import annotations
 
 import argparse
@@ -47,14 +48,9 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--units-per-group", type=int, default=None, help="units per group (step 1)")
         sp.add_argument("--max-pixels", type=int, default=None, help="pixels per frame (step 0)")
         sp.add_argument("--lite", action="store_true", help="AdaptToken-Lite early stop (step 8)")
-        sp.add_argument("--method", default="adapttoken", choices=["adapttoken", "entropyselect"],
-                        help="adapttoken (method.md), or entropyselect: EntropySelect alone, "
-                        "question-agnostic selection from the vision tokens, then the final pass")
         sp.add_argument("--scorer", default=None, choices=["attention", "local_entropy", "fused"],
                         help="AdaptToken's within-group ranking (default attention; README "
                         "'EntropySelect')")
-        sp.add_argument("--json", metavar="OUT", help="write the result as JSON")
-        sp.add_argument("--plot", metavar="OUT.png", help="plot entropy, budgets and selected tokens")
         sp.add_argument("--device", default="cpu", help="device of the whole model, e.g. cpu, "
                         "cuda, cuda:1 (ignored with --device-map)")
         sp.add_argument("--device-map", default=None, metavar="MAP", help='split the model across '
@@ -72,10 +68,58 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--question", required=True)
     a.add_argument("--options", nargs="+", default=None, metavar="OPTION",
                    help='answer options, e.g. "A. a cat" "B. a dog"')
-    common(a)
     d = sub.add_parser("demo", help="run offline on a real sample video with the tiny model")
-    common(d)
+    for sp in (a, d):
+        common(sp)
+        sp.add_argument("--json", metavar="OUT", help="write the result as JSON")
+        sp.add_argument("--plot", metavar="OUT.png", help="plot entropy, budgets and selected tokens")
+        sp.add_argument("--method", default="adapttoken", choices=["adapttoken", "entropyselect"],
+                        help="adapttoken (method.md), or entropyselect: EntropySelect alone, "
+                        "question-agnostic selection from the vision tokens, then the final pass")
+    b = sub.add_parser("batch", help="answer a JSONL file of questions (resumable; "
+                       "torchrun --nproc-per-node N -m adapttoken_ext.cli batch ... for N processes)")
+    b.add_argument("--input", required=True, metavar="QUESTIONS.jsonl", help='lines {"id", "video", '
+                   '"question", "options"?}; video paths relative to this file\'s folder')
+    b.add_argument("--output", required=True, metavar="ANSWERS.jsonl", help="one line per input "
+                   "line, in input order; ids already answered there are skipped")
+    common(b)
     return p
+
+
+def _batch(args) -> int:
+    """``adapttoken batch``: one process, or one per rank under torchrun / accelerate launch."""
+    import datetime
+
+    import torch
+    from . import batch
+    from .pipeline import AdaptToken
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, barrier, device = 0, None, args.device
+    try:
+        config = _config(args, demo=False).validate()
+        if world > 1:
+            import torch.distributed as dist
+            # only a barrier crosses ranks: gloo works on CPU and GPU hosts alike; a rank
+            # may wait for the slowest one for hours
+            dist.init_process_group("gloo", timeout=datetime.timedelta(days=7))
+            rank, barrier = dist.get_rank(), dist.barrier
+            if device.startswith("cuda") and args.device_map is None:
+                device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+        dtype = _DTYPES[args.dtype] and getattr(torch, _DTYPES[args.dtype])
+        at = AdaptToken.from_pretrained(args.model, config=config, device=device, dtype=dtype,
+                                        device_map=_device_map(args.device_map),
+                                        attn_implementation=args.attn_implementation,
+                                        family=args.family)
+        if at.tiny and rank == 0:
+            print(TINY_WARNING.format(family=args.family), file=sys.stderr)
+        return batch.run(at, args.input, args.output, progress=not args.quiet, rank=rank,
+                         world=world, barrier=barrier)
+    except (ValueError, OSError, ImportError) as e:
+        print(f"adapttoken: error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        if world > 1 and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 def _config(args, demo: bool):
@@ -137,12 +181,14 @@ def plot(result, path: str, title: str = "") -> None:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    from .pipeline import AdaptToken
-    from .video import sample_video
-    demo = args.command == "demo"
     if args.quiet:
         from transformers.utils import logging as hf_logging
         hf_logging.disable_progress_bar()
+    if args.command == "batch":
+        return _batch(args)
+    from .pipeline import AdaptToken
+    from .video import sample_video
+    demo = args.command == "demo"
     try:
         config = _config(args, demo).validate()
         for flag, path in (("--json", args.json), ("--plot", args.plot)):

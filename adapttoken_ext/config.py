@@ -23,6 +23,10 @@ class AdaptTokenConfig:
     """Step 1: host memory (MiB) for resized frames of later groups that decoding passes
     on the way to the current group's frames; 0 disables. Bounds the re-decoding that
     interleaved groups cause, and host memory."""
+    visual_cache_gb: float = 8.0
+    """Step 1: host memory (GiB) for group encodings that ``AdaptToken.answer_many``, the
+    ``batch`` command and the lmms-eval plug-in reuse across questions about one video;
+    0 disables. Qwen2.5-VL-7B at 4096 frames needs about 3 GiB per video (bfloat16)."""
     reference_layer: int | None = None
     """Step 3: decoder layer (0-based) whose attention ranks tokens; None: the model's
     default (20 for 28-layer Qwen2.5-VL-7B, else round(0.7 * layers))."""
@@ -92,6 +96,9 @@ class AdaptTokenConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise ValueError(f"{name}: must be an integer >= 0, got {v!r}")
+        if (isinstance(self.visual_cache_gb, bool) or not isinstance(self.visual_cache_gb, (int, float))
+                or not self.visual_cache_gb >= 0):
+            raise ValueError(f"visual_cache_gb: must be a number >= 0, got {self.visual_cache_gb!r}")
         if not isinstance(self.lite, bool):
             raise ValueError(f"lite: must be True or False, got {self.lite!r}")
         if self.instruction is not None and not isinstance(self.instruction, str):

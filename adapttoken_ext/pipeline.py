@@ -19,6 +19,7 @@ from . import stages
 from .config import AdaptTokenConfig
 from .stages import STAGES, GroupRecord, greedy_decode, parse_options
 from .video import VideoReader
+from .visual_cache import CachedEncoder, VisualCache, video_key
 
 __all__ = ["AdaptToken", "AdaptTokenResult", "GroupRecord", "parse_options", "greedy_decode", "STAGES"]
 
@@ -90,6 +91,8 @@ class AdaptToken:
         layer = self.config.reference_layer
         self.reference_layer = adapter.default_reference_layer() if layer is None else layer
         self.capture = adapter.install_score_hook(self.reference_layer)
+        self.visual_cache = VisualCache(int(self.config.visual_cache_gb * 2**30))
+        """Group encodings reused by :meth:`answer_many` (host memory)."""
 
     def close(self) -> None:
         """Detach this pipeline's score hook. Once every pipeline on the model is closed,
@@ -142,26 +145,76 @@ class AdaptToken:
             ValueError: naming the argument: not a video, no frames, empty question, bad
                 options, or a bad config field; all raised before the first group pass.
         """
-        cfg, ad = self.config, self.adapter
         if method not in ("adapttoken", "entropyselect"):
             raise ValueError(f"method: must be 'adapttoken' or 'entropyselect', got {method!r}")
+        return self._answer_all(video, [(question, options)], progress, None, method)[0]
+
+    def answer_many(self, video, questions, progress: bool = True) -> list[AdaptTokenResult]:
+        """Answer several questions about one video, decoding and encoding each group once
+        (method.md step 1 is question-independent; steps 2-9 run per question).
+
+        Encodings stay in :attr:`visual_cache` (host memory, at most
+        ``config.visual_cache_gb``), also across calls: asking about the same file again
+        (same path, size and mtime) reuses them. Results equal :meth:`answer`'s, timings aside.
+        With ``config.scorer`` other than ``"attention"`` the groups are encoded per question:
+        the local-entropy scorer needs the frames, which the cache does not hold.
+
+        Args:
+            video: path of a video file.
+            questions: a list of question strings or ``(question, options)`` pairs.
+            progress: show a tqdm bar over groups.
+
+        Returns:
+            one :class:`AdaptTokenResult` per question, in order.
+
+        Raises:
+            FileNotFoundError, ValueError: as :meth:`answer`, for any question, before any
+                model work; ``questions`` not a list of strings or pairs.
+        """
+        if isinstance(questions, str) or not isinstance(questions, (list, tuple)):
+            raise ValueError("questions: must be a list of questions or (question, options) pairs")
+        items = [(q, None) if isinstance(q, str) else tuple(q) for q in questions]
+        if any(len(i) != 2 for i in items):
+            raise ValueError("questions: each item must be a question or a (question, options) pair")
+        cache = self.visual_cache if self.config.scorer == "attention" else None
+        return self._answer_all(video, items, progress, cache)
+
+    def _answer_all(self, video, items, progress, cache, method="adapttoken") -> list[AdaptTokenResult]:
+        cfg, ad = self.config, self.adapter
+        t_start = time.perf_counter()
+        vkey = video_key(video) if cache is not None else None
+        with VideoReader(video, cache_bytes=cfg.decode_cache_mb << 20) as reader:
+            plans = [stages.make_plan(ad, reader.info, cfg, q, o) for q, o in items]
+            out = []
+            for plan in plans:
+                out.append(self._run(reader, plan, progress, cache, vkey, t_start, method))
+                t_start = time.perf_counter()
+        return out
+
+    def _run(self, reader, plan, progress, cache, vkey, t_start, method) -> AdaptTokenResult:
+        """Steps 1-9 for one question on an open reader; ``cache`` (or None) serves encodings."""
+        cfg, ad = self.config, self.adapter
         cuda = ad.input_device.type == "cuda" or any(p.is_cuda for p in ad.model.parameters())
         for i in range(torch.cuda.device_count() if cuda else 0):
             torch.cuda.reset_peak_memory_stats(i)
         timer = stages.Timer(cuda)
-        t_start = time.perf_counter()
-        with VideoReader(video, cache_bytes=cfg.decode_cache_mb << 20) as reader:
-            plan = stages.make_plan(ad, reader.info, cfg, question, options)
+        encode = None
+        if cache is not None:
+            encode = CachedEncoder(cache, vkey, (self.name, str(ad.model.dtype)), ad, reader, plan, timer)
+            # announce only the frames of groups that still need decoding
+            todo = [g for g in range(len(plan.groups)) if not encode.cached(g)]
+            reader.plan(plan.unit_frames([u for g in todo for u in plan.groups[g]]), *plan.size)
+        else:
             reader.plan(plan.frames, *plan.size)
-            if method == "entropyselect":
-                records, keys, scores, kept = stages.entropyselect(ad, reader, plan, cfg, timer, progress)
-                stopped, peak_rows = None, sum(r.num_tokens for r in records)
-            else:
-                records, pool, stopped = stages.scan_groups(ad, self.capture, reader, plan, cfg, timer,
-                                                            progress)
-                keys, scores, kept = self._select(plan, records, pool, reader, timer)
-                peak_rows = pool.peak_rows
-                del pool
+        if method == "entropyselect":
+            records, keys, scores, kept = stages.entropyselect(ad, reader, plan, cfg, timer, progress)
+            stopped, peak_rows = None, sum(r.num_tokens for r in records)
+        else:
+            records, pool, stopped = stages.scan_groups(ad, self.capture, reader, plan, cfg, timer,
+                                                        progress, encode)
+            keys, scores, kept = self._select(plan, records, pool, reader, timer, encode)
+            peak_rows = pool.peak_rows
+            del pool
         out_ids = stages.final_pass(ad, plan, keys, kept, timer)
         timings = dict(timer.t)
         timings["total"] = time.perf_counter() - t_start
@@ -180,15 +233,16 @@ class AdaptToken:
             timings_s=timings, peak_memory_bytes=mem, tiny_model=self.tiny,
             candidate_rows_peak=peak_rows, method=method, grid=plan.grid)
 
-    def _select(self, plan, records, pool, reader, timer):
-        """Steps 5-7; a refill's re-encoding counts as decode and vision time, not selection,
-        and the last re-encoded group is kept for the next refill round."""
+    def _select(self, plan, records, pool, reader, timer, encoder=None):
+        """Steps 5-7; a refill's re-encoding (through ``encoder`` when given) counts as
+        decode and vision time, not selection, and the last re-encoded group is kept for
+        the next refill round."""
         cache = {}
 
         def encode(g):
             if g not in cache:
                 cache.clear()
-                cache[g] = stages.encode_group(self.adapter, reader, plan, g, timer)
+                cache[g] = encoder(g) if encoder else stages.encode_group(self.adapter, reader, plan, g, timer)
             return cache[g]
         before = timer.t["decode"] + timer.t["vision_encoder"]
         with timer("selection"):

@@ -328,8 +328,9 @@ class GroupRecord:
 
 
 def scan_groups(adapter, capture, reader, plan: Plan, cfg: AdaptTokenConfig, timer: Timer,
-                progress: bool = False):
+                progress: bool = False, encode=None):
     """Visit the groups in order (method.md steps 2-4), stopping early under Lite (step 8).
+    ``encode(g) -> GroupEncoding`` replaces :func:`encode_group` (e.g. a cache of encodings).
 
     Returns:
         ``(records, pool, stopped)``: a :class:`GroupRecord` per visited group, the
@@ -341,7 +342,7 @@ def scan_groups(adapter, capture, reader, plan: Plan, cfg: AdaptTokenConfig, tim
     bar = _progress(range(len(plan.groups)), progress, desc="groups")
     local = cfg.entropy_select() if cfg.scorer != "attention" else None
     for g in bar:
-        enc = encode_group(adapter, reader, plan, g, timer, local)
+        enc = encode(g) if encode else encode_group(adapter, reader, plan, g, timer, local)
         res = score_group(adapter, capture, plan, enc, cfg.reduce, timer, cfg.scorer)
         h = res.entropy
         records.append(GroupRecord(g, plan.unit_frames(plan.groups[g]), res.scores.numel(), h))

