@@ -120,7 +120,8 @@ class AdaptToken:
             ValueError: no adapter for the checkpoint's ``model_type``, or no tiny ``family``.
         """
         from . import models
-        from .models.tiny import ensure_tiny_model, tiny_model_id
+        from .models.tiny import FAMILIES, ensure_tiny_model, tiny_model_id
+        family = next((f for f in FAMILIES if model == tiny_model_id(f)), family)
         tiny = model is None or model == tiny_model_id(family)
         path = str(ensure_tiny_model(family)) if tiny else model
         adapter = models.load(path, device=device, dtype=dtype, device_map=device_map,
@@ -147,6 +148,11 @@ class AdaptToken:
         """
         if method not in ("adapttoken", "entropyselect"):
             raise ValueError(f"method: must be 'adapttoken' or 'entropyselect', got {method!r}")
+        cfg = self.config
+        if method == "entropyselect" and (cfg.lite or cfg.force_stop_after is not None
+                                          or cfg.scorer != "attention"):
+            raise ValueError("method: 'entropyselect' has no group passes, so lite, "
+                             "force_stop_after and scorer do not apply; leave them at their defaults")
         return self._answer_all(video, [(question, options)], progress, None, method)[0]
 
     def answer_many(self, video, questions, progress: bool = True) -> list[AdaptTokenResult]:

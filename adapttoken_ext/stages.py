@@ -341,6 +341,8 @@ def scan_groups(adapter, capture, reader, plan: Plan, cfg: AdaptTokenConfig, tim
     records, stopped = [], None
     bar = _progress(range(len(plan.groups)), progress, desc="groups")
     local = cfg.entropy_select() if cfg.scorer != "attention" else None
+    if encode is not None and local is not None:  # the cache holds no frames to score
+        raise ValueError(f"scorer: {cfg.scorer!r} needs the frames; cached encodings serve 'attention' only")
     for g in bar:
         enc = encode(g) if encode else encode_group(adapter, reader, plan, g, timer, local)
         res = score_group(adapter, capture, plan, enc, cfg.reduce, timer, cfg.scorer)

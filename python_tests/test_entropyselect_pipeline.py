@@ -131,3 +131,11 @@ def test_config_errors():
         AdaptTokenConfig(es_temperature=0.0).validate()
     with pytest.raises(ValueError, match="es_grid"):
         AdaptTokenConfig(es_grid=0).validate()
+
+
+@pytest.mark.parametrize("cfg", [dict(lite=True), dict(force_stop_after=1), dict(scorer="fused")])
+def test_entropyselect_refuses_group_pass_settings(tiny_dir, bikes, cfg):
+    """Settings of the group passes, which EntropySelect does not run, are refused, not ignored."""
+    at = AdaptToken(Qwen2_5_VLAdapter.from_pretrained(str(tiny_dir)), AdaptTokenConfig(**SMALL, **cfg))
+    with pytest.raises(ValueError, match="method: 'entropyselect' has no group passes"):
+        at.answer(bikes, QUESTION, OPTIONS, progress=False, method="entropyselect")

@@ -232,3 +232,9 @@ def test_cli_answer_writes_json(family, tmp_path, capsys):
     assert d["model"] == str(path) and len(d["groups"]) == 4
     assert sum(g["budget"] for g in d["groups"]) == 20 == len(d["selected_tokens"])
     assert all({"frame", "time_s", "h", "w", "score"} <= set(t) for t in d["selected_tokens"])
+
+
+def test_tiny_model_id_picks_its_family():
+    from adapttoken_ext.models.qwen3_5 import Qwen3_5Adapter
+    at = AdaptToken.from_pretrained("adapttoken/tiny-qwen3_5")
+    assert type(at.adapter) is Qwen3_5Adapter and at.tiny and at.name == "adapttoken/tiny-qwen3_5"

@@ -69,7 +69,7 @@ class AdaptTokenLMMS(lmms):
             raise ValueError(f"model_args: dtype must be auto, bfloat16, float16 or float32, got {dtype!r}")
         state = PartialState()
         self._rank, self._world_size = state.process_index, state.num_processes
-        if device_map is None:  # one device per rank (data parallel) or the one asked for
+        if device_map is None and device is None:  # one device per rank (data parallel)
             device = f"cuda:{state.local_process_index}" if torch.cuda.is_available() else "cpu"
         self.pipeline = AdaptToken.from_pretrained(
             pretrained, AdaptTokenConfig(**config), device=device or "cpu",
@@ -84,7 +84,9 @@ class AdaptTokenLMMS(lmms):
     def generate_until(self, requests) -> list:
         """Answers in request order. Requests about the same video are answered together
         (:meth:`AdaptToken.answer_many`: one visual encoding per video). Each answer's
-        ``input_tokens`` count is the number of visual tokens kept for the final pass."""
+        ``input_tokens`` count is the number of visual tokens kept for the final pass.
+        The task's ``gen_kwargs`` (``until``, ``max_new_tokens``, sampling) are not used:
+        decoding is greedy up to ``max_new_tokens`` of ``model_args`` (AdaptTokenConfig)."""
         from tqdm.auto import tqdm
         by_video: dict[str, list[int]] = {}
         asked = []
