@@ -1,10 +1,19 @@
-"""Helpers that any chat-template model family shares: loading options, prompts, option
-letters, EOS ids. Family modules import these; nothing here knows a family."""
+"""What any chat-template model family shares: loading options, prompts, option letters,
+EOS ids, and :class:`ChatVideoAdapter`, the base of every family adapter. Family modules
+import these; nothing here knows a family."""
 from __future__ import annotations
 
 import json
 
 import torch
+
+from .attention_hook import ScoreCapture
+from .base import DecodeState
+
+# transformers' OPENAI_CLIP_MEAN / OPENAI_CLIP_STD: the video processors' defaults of
+# Qwen2.5-VL, InternVL and LLaVA-OneVision
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def load_json(name_or_path: str, filename: str) -> dict:
@@ -136,3 +145,133 @@ def eos_token_ids(model, tokenizer, end_of_turn: str | None = None) -> set[int]:
         if isinstance(t, int) and t != tokenizer.unk_token_id:
             ids.add(t)
     return ids
+
+
+class ChatVideoAdapter:
+    """The part of a :class:`~.base.VideoAdapter` every chat-template family shares:
+    loading, devices, the default reference layer (method.md step 3), option letters,
+    frame normalisation, prefill and decoding from input embeddings at explicit positions
+    (step 9), and the score hook. A family subclass sets ``MODEL_CLASS`` (and ``MEAN`` /
+    ``STD`` when its processor's defaults differ) and adds the geometry, ``prompt``,
+    ``encode`` and ``sequence``.
+
+    Args:
+        model: the loaded ``MODEL_CLASS`` model (any dtype; one device or a ``device_map``).
+        tokenizer: its tokenizer, with a chat template.
+        preprocessor: the checkpoint's video (or image) preprocessor config as a dict
+            (``image_mean``, ``image_std``; ``MEAN``, ``STD`` when absent).
+
+    Raises:
+        ValueError: naming ``tokenizer`` when it has no chat template.
+    """
+
+    MODEL_CLASS = ""             # transformers' class of the family
+    MEAN, STD = CLIP_MEAN, CLIP_STD
+    END_OF_TURN = "<|im_end|>"   # the chat template's end-of-turn token
+    POSITION_ROWS = 1            # rows of position ids: 1-D RoPE (3 for M-RoPE)
+
+    def __init__(self, model, tokenizer, preprocessor: dict | None = None):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.text_config = model.config.get_text_config()
+        self.num_layers = self.text_config.num_hidden_layers
+        pre = preprocessor or {}
+        self.mean = torch.tensor(pre.get("image_mean", self.MEAN)).view(1, 3, 1, 1)
+        self.std = torch.tensor(pre.get("image_std", self.STD)).view(1, 3, 1, 1)
+        if getattr(tokenizer, "chat_template", None) is None:
+            raise ValueError("tokenizer: has no chat template")
+        self.eos_token_ids = eos_token_ids(model, tokenizer, self.END_OF_TURN)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, device="cpu", dtype=None, device_map=None,
+                        attn_implementation: str | None = None):
+        """Load a checkpoint (hub id or local path).
+
+        Args:
+            device: where the whole model goes when ``device_map`` is None.
+            dtype: torch dtype; None: bfloat16 on CUDA, float32 on CPU.
+            device_map: None, ``"auto"`` or a dict (``transformers``/accelerate semantics),
+                for models split across devices.
+            attn_implementation: None picks flash_attention_2 on CUDA when installed, else sdpa.
+        """
+        import transformers
+        model = getattr(transformers, cls.MODEL_CLASS).from_pretrained(
+            name_or_path, **load_kwargs(device, dtype, device_map, attn_implementation))
+        tok = transformers.AutoTokenizer.from_pretrained(name_or_path)
+        if tok.chat_template is None:  # some checkpoints keep it beside the processor
+            tok.chat_template = load_json(name_or_path, "chat_template.json").get("chat_template")
+        pre = (load_json(name_or_path, "video_preprocessor_config.json")
+               or load_json(name_or_path, "preprocessor_config.json"))
+        return cls(model, tok, pre)
+
+    @property
+    def input_device(self) -> torch.device:
+        return execution_device(self.model.get_input_embeddings())
+
+    @property
+    def dtype(self):
+        return self.model.dtype
+
+    def default_reference_layer(self) -> int:
+        """method.md step 3: ``round(0.7 * num_layers)`` (20 of 28 for a 28-layer model)."""
+        return min(self.num_layers - 1, round(0.7 * self.num_layers))
+
+    def option_token_ids(self, letters: list[str]) -> list[list[int]]:
+        """Single-token surface forms of each option letter (method.md step 4)."""
+        return option_forms(self.tokenizer, letters)
+
+    def decode(self, ids) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def normalize(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 ``[T, 3, H, W]`` -> float32 rescaled by 1/255 and normalised by the
+        preprocessor's mean and std, as the family's video processor does."""
+        dev = frames.device
+        return (frames.float() / 255.0 - self.mean.to(dev)) / self.std.to(dev)
+
+    def fill_extra(self, seq, emb: torch.Tensor) -> None:
+        """Embeddings of columns that are neither text nor visual tokens (none by default)."""
+
+    @torch.no_grad()
+    def prefill(self, seq, visual, use_cache: bool = False):
+        """One forward over ``seq`` with ``visual.embeds`` in its visual columns, at
+        ``seq.positions``. An explicit all-ones attention mask keeps transformers from
+        reading pruned (non-contiguous) positions as packed sequences (method.md step 9)."""
+        dev = self.input_device
+        emb = self.model.get_input_embeddings()(seq.input_ids.to(dev))
+        emb[seq.visual_columns.to(dev)] = visual.embeds.to(dev, emb.dtype)
+        self.fill_extra(seq, emb)
+        logits, past = self._forward(emb, seq.positions, None, use_cache)
+        return logits, (DecodeState(past, seq.next_position) if use_cache else None)
+
+    @torch.no_grad()
+    def decode_step(self, state, token_id: int):
+        """Feed ``token_id`` at ``state.position`` (the same id on every position row)."""
+        emb = self.model.get_input_embeddings()(torch.tensor([token_id], device=self.input_device))
+        pos = torch.full((self.POSITION_ROWS, 1), state.position)
+        logits, past = self._forward(emb, pos, state.past, True)
+        return logits, DecodeState(past, state.position + 1)
+
+    def _forward(self, emb, positions, past, use_cache):
+        dev = emb.device
+        seen = past.get_seq_length() if past is not None else 0
+        mask = torch.ones(1, seen + emb.shape[0], dtype=torch.long, device=dev)
+        # M-RoPE ids [3, L] become [3, batch, L]; 1-D ids [1, L] are already [batch, L]
+        pos = positions[:, None] if self.POSITION_ROWS > 1 else positions
+        out = self.model(inputs_embeds=emb[None], position_ids=pos.to(dev), attention_mask=mask,
+                         past_key_values=past, use_cache=use_cache, logits_to_keep=1)
+        return out.logits[0, -1], out.past_key_values
+
+    def reference_attention(self, layer: int):
+        """The self-attention module of decoder layer ``layer``.
+
+        Raises:
+            ValueError: naming ``reference_layer`` when it is out of range.
+        """
+        if not 0 <= layer < self.num_layers:
+            raise ValueError(f"reference_layer: must be in [0, {self.num_layers}), got {layer}")
+        return self.model.model.language_model.layers[layer].self_attn
+
+    def install_score_hook(self, layer: int):
+        """Step 3: a :class:`~.attention_hook.ScoreCapture` on layer ``layer``'s attention."""
+        return ScoreCapture(self.reference_attention(layer))

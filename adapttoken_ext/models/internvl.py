@@ -19,10 +19,6 @@ from .base import Clip, Prompt, Sequence, Visual
 from .common import execution_device
 from .rope1d import Rope1DAdapter
 
-# transformers' OPENAI_CLIP_MEAN / OPENAI_CLIP_STD: InternVLVideoProcessor's defaults
-_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
 
 def _pair(x):
     return tuple(x) if isinstance(x, (list, tuple)) else (x, x)
@@ -39,8 +35,7 @@ class InternVLAdapter(Rope1DAdapter):
             size does not give ``config.image_seq_length`` tokens per frame.
     """
 
-    model_class = "InternVLForConditionalGeneration"
-    image_mean, image_std = _CLIP_MEAN, _CLIP_STD
+    MODEL_CLASS = "InternVLForConditionalGeneration"  # MEAN, STD: CLIP's, as its processor
 
     def __init__(self, model, tokenizer, preprocessor: dict | None = None):
         super().__init__(model, tokenizer, preprocessor)

@@ -20,10 +20,6 @@ from .base import Clip, Prompt, Sequence, Visual
 from .common import execution_device
 from .rope1d import Rope1DAdapter
 
-# transformers' OPENAI_CLIP_MEAN / OPENAI_CLIP_STD: LlavaOnevisionVideoProcessor's defaults
-_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
 
 class LlavaOnevisionAdapter(Rope1DAdapter):
     """Wraps a ``LlavaOnevisionForConditionalGeneration`` and its tokenizer.
@@ -32,8 +28,7 @@ class LlavaOnevisionAdapter(Rope1DAdapter):
         ValueError: naming ``tokenizer`` when it has no chat template.
     """
 
-    model_class = "LlavaOnevisionForConditionalGeneration"
-    image_mean, image_std = _CLIP_MEAN, _CLIP_STD
+    MODEL_CLASS = "LlavaOnevisionForConditionalGeneration"  # MEAN, STD: CLIP's, as its processor
 
     def __init__(self, model, tokenizer, preprocessor: dict | None = None):
         super().__init__(model, tokenizer, preprocessor)
