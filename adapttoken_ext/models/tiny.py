@@ -201,6 +201,15 @@ def _qwen3(out: Path, seed: int, family: str) -> Path:
     return _save(model, out, pre, name)
 
 
+def _qwen2_text(vocab: int, ids: dict) -> dict:
+    """The tiny Qwen2 language model of the InternVL and LLaVA-OneVision checkpoints."""
+    return dict(model_type="qwen2", vocab_size=vocab, hidden_size=64, intermediate_size=128,
+                num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                max_position_embeddings=1 << 20, rope_parameters={"rope_type": "default", "rope_theta": 1e6},
+                tie_word_embeddings=False, bos_token_id=ids["<|endoftext|>"],
+                eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"])
+
+
 # InternVL's chat template (transformers' convert_internvl_weights_to_hf.py, as the
 # OpenGVLab/InternVL3-*-hf checkpoints have it) and its named special tokens.
 INTERNVL_CHAT_TEMPLATE = (
@@ -224,12 +233,7 @@ def _internvl(out: Path, seed: int) -> Path:
                           extra_special_tokens=INTERNVL_NAMED_TOKENS)
     ids = {t: tok.convert_tokens_to_ids(t) for t in special}
     config = InternVLConfig(  # Qwen2 LM (InternVL3); 112 px tiles: 8x8 patches -> 4x4 tokens
-        text_config=dict(
-            model_type="qwen2", vocab_size=len(tok), hidden_size=64, intermediate_size=128,
-            num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-            max_position_embeddings=1 << 20, rope_parameters={"rope_type": "default", "rope_theta": 1e6},
-            tie_word_embeddings=False, bos_token_id=ids["<|endoftext|>"],
-            eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"]),
+        text_config=_qwen2_text(len(tok), ids),
         vision_config=dict(
             hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
             image_size=112, patch_size=14),
@@ -267,12 +271,7 @@ def _llava_onevision(out: Path, seed: int) -> Path:
     tok = build_tokenizer(out, special, LLAVA_ONEVISION_CHAT_TEMPLATE, "<|im_end|>", "<|endoftext|>")
     ids = {t: tok.convert_tokens_to_ids(t) for t in special}
     config = LlavaOnevisionConfig(  # 100 px SigLIP: 7x7 patches (as 384 px gives 27x27), pooled 4x4
-        text_config=dict(
-            model_type="qwen2", vocab_size=len(tok), hidden_size=64, intermediate_size=128,
-            num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-            max_position_embeddings=1 << 20, rope_parameters={"rope_type": "default", "rope_theta": 1e6},
-            tie_word_embeddings=False, bos_token_id=ids["<|endoftext|>"],
-            eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"]),
+        text_config=_qwen2_text(len(tok), ids),
         vision_config=dict(
             model_type="siglip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
             num_attention_heads=2, image_size=100, patch_size=14, vision_use_head=False),
