@@ -331,8 +331,8 @@ class Rendezvous:
             dist.all_gather_object(statuses, status)
         except RuntimeError as e:
             why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise RuntimeError(f"rank {dist.get_rank()}: not every rank finished within "
-                               f"--barrier-timeout {self.timeout_s:g} s ({why}); the answers so far "
+            raise RuntimeError(f"a rank did not reach the end (killed, crashed, or not done within "
+                               f"--barrier-timeout {self.timeout_s:g} s): {why}; the answers so far "
                                "are in the rank journals: run the same command again to finish "
                                "and merge them") from None
         return statuses

@@ -337,3 +337,31 @@ def test_a_failed_rank_is_named_and_the_others_do_not_wait(folder):
     got = _load(out)
     assert "error" not in got[0] and got[0]["id"] == "a1"
     assert got[1]["error"].startswith("not answered: rank 1 failed")
+
+
+def test_a_hung_rank_is_named_after_the_barrier_timeout(folder):
+    """Rank 1 stops (SIGSTOP: alive, holding its connections, doing nothing): rank 0 gives up
+    after --barrier-timeout, names rank 1 and leaves the journals for a rerun."""
+    _write(folder / "hung.jsonl", [GOOD[0], GOOD[1], GOOD[4], GOOD[7]])  # 1 question to rank 0, 3 to rank 1
+    out = folder / "hung_out.jsonl"
+    port = _free_port()
+    cmd = [sys.executable, "-m", "adapttoken_ext.cli", "batch", "--input", str(folder / "hung.jsonl"),
+           "--output", str(out), "--quiet", "--model", str(ensure_tiny_model()), *FLAGS,
+           "--barrier-timeout", "5"]
+    procs = [subprocess.Popen(cmd, env=dict(_env(), RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2",
+                                            MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)),
+                              stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    journal = folder / "hung_out.jsonl.rank1"
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and not (journal.exists() and journal.read_bytes().count(b"\n") >= 2):
+            time.sleep(0.02)
+        procs[1].send_signal(signal.SIGSTOP)  # one question answered, two to go
+        err = procs[0].communicate(timeout=300)[1]
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    assert procs[0].returncode == 2 and "Traceback" not in err
+    assert "Ranks 1 failed to pass monitoredBarrier" in err and "--barrier-timeout 5 s" in err
+    assert not out.exists() and journal.exists()  # nothing merged: a rerun finishes the job
