@@ -143,6 +143,8 @@ def _batch(args) -> int:
     rank, gather, device = int(os.environ.get("RANK", "0")), None, args.device
     try:
         config = _config(args).validate()
+        from .video import check_decoder
+        check_decoder(config.decoder)
         if not args.barrier_timeout > 0:
             raise ValueError(f"--barrier-timeout: must be > 0 seconds, got {args.barrier_timeout}")
         # before loading the model: the paths, and the answers already there
@@ -315,10 +317,11 @@ def main(argv=None) -> int:
     if args.command == "batch":
         return _batch(args)
     from .pipeline import AdaptToken
-    from .video import sample_video
+    from .video import check_decoder, sample_video
     demo = args.command == "demo"
     try:
         config = _config(args).validate()
+        check_decoder(config.decoder)
         for flag, path in (("--json", args.json), ("--plot", args.plot)):
             _check_output(flag, path)
         if demo:

@@ -56,21 +56,32 @@ class VideoInfo:
 DECODERS = ("pyav", "torchcodec")
 
 
-def _torchcodec_decoder(path: str):
-    """A torchcodec VideoDecoder of ``path``.
+def check_decoder(decoder: str):
+    """The decoder class for ``decoder`` (None for PyAV, which is always there).
 
     Raises:
-        ValueError: naming ``decoder`` when torchcodec, or the FFmpeg libraries it needs,
-            do not load.
+        ValueError: naming ``decoder``: unknown, or torchcodec (or the FFmpeg libraries it
+            needs) does not load.
     """
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder: must be 'pyav' or 'torchcodec', got {decoder!r}")
+    if decoder == "pyav":
+        return None
     try:  # torchcodec raises OSError (not ImportError) when FFmpeg's libraries are absent
         from torchcodec.decoders import VideoDecoder
     except Exception as e:  # noqa: BLE001 - any failure to load means: not available
         raise ValueError(f"decoder: 'torchcodec' does not load ({type(e).__name__}: "
                          f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}); "
                          "install torchcodec and FFmpeg's shared libraries, or use 'pyav'") from None
+    return VideoDecoder
+
+
+def _torchcodec_decoder(path: str):
+    """A torchcodec VideoDecoder of ``path`` (ValueError as :func:`check_decoder`, or
+    naming the video when torchcodec cannot read it)."""
+    decoder = check_decoder("torchcodec")
     try:
-        return VideoDecoder(path, dimension_order="NCHW", seek_mode="exact")
+        return decoder(path, dimension_order="NCHW", seek_mode="exact")
     except Exception as e:  # noqa: BLE001 - torchcodec's errors for unreadable files vary
         raise ValueError(f"video: {path!r} is not a readable video for torchcodec ({e})") from None
 
@@ -92,8 +103,7 @@ class VideoReader:
     """
 
     def __init__(self, path: str | os.PathLike, cache_bytes: int = 0, decoder: str = "pyav"):
-        if decoder not in DECODERS:
-            raise ValueError(f"decoder: must be 'pyav' or 'torchcodec', got {decoder!r}")
+        check_decoder(decoder)
         self.path = str(path)
         self.cache_bytes = cache_bytes
         self._cache: dict[int, torch.Tensor] = {}
