@@ -196,10 +196,6 @@ def test_rerun_with_other_settings_is_refused_or_restarted(at, folder):
     _write(folder / "two.jsonl", TWO)
     inp, out = str(folder / "two.jsonl"), str(folder / "settings.jsonl")
     assert batch.run(at, inp, out, progress=False) == 0
-    rec = json.loads(open(out + ".run.json").read())
-    assert rec["model"] == at.name and rec["settings"]["budget"] == 40 and rec["settings"]["lite"] is False
-    assert rec["input_sha256"] == hashlib.sha256(open(inp, "rb").read()).hexdigest()
-    assert rec["dtype"] == "float32" and rec["attn_implementation"] == "sdpa"
     before = open(out).read()
     other = AdaptToken(at.adapter, AdaptTokenConfig(**{**SMALL, "budget": 48}))
     lite = AdaptToken(at.adapter, AdaptTokenConfig(**{**SMALL, "lite": True}))
@@ -217,6 +213,10 @@ def test_rerun_with_other_settings_is_refused_or_restarted(at, folder):
             batch.run(at, inp, out, progress=False)
         _write(folder / "two.jsonl", TWO)
         assert open(out).read() == before  # refused runs leave the answers as they were
+        rec = json.loads(open(out + ".run.json").read())
+        assert rec["model"] == at.name and rec["settings"]["budget"] == 40 and rec["settings"]["lite"] is False
+        assert rec["input_sha256"] == hashlib.sha256(open(inp, "rb").read()).hexdigest()
+        assert rec["dtype"] == "float32" and rec["attn_implementation"] == "sdpa"
         assert batch.run(other, inp, out, progress=False, restart=True) == 0
         assert _strip(_load(out)) == _expected(other, folder, TWO)
         assert json.loads(open(out + ".run.json").read())["settings"]["budget"] == 48
