@@ -390,7 +390,9 @@ def run(at, input_path: str, output: str, progress: bool = True, rank: int = 0, 
     failed = {}
     if world > 1:
         failed = {r: s for r, s in enumerate(gather("ok")) if s != "ok"}
-        if 0 in failed:
+        if 0 in failed:  # rank 0 merges; without it the journals wait for a rerun
+            print(f"adapttoken batch: rank {rank}: rank 0 failed ({failed[0]}); nothing merged: "
+                  "run the same command again", file=sys.stderr)
             return 1
     if rank != 0:
         return 0

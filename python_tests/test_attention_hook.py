@@ -115,13 +115,21 @@ def test_two_threads_two_models(slow_models):
 
 def test_two_threads_one_model(slow_models):
     """Two pipelines on one model at once, different questions: each capture is scored by
-    its own thread's query, never by the other's."""
+    its own thread's query, never by the other's; and a third thread's unarmed forward of
+    the same model, arriving while the wrapper is in place, passes through it untouched."""
     ad = slow_models[0]
     ats = [AdaptToken(ad, AdaptTokenConfig(**SMALL)) for _ in range(2)]
     try:
         inputs = [_inputs(ad, q) for q in QUESTIONS]
         alone = [_scores(at, *x) for at, x in zip(ats, inputs)]
-        together = _in_threads([lambda at=at, x=x: _scores(at, *x) for at, x in zip(ats, inputs)])
+        logits = ad.prefill(*inputs[1])[0]
+
+        def unarmed():
+            time.sleep(SLOW_S / 3)  # into the armed forward's reference layer
+            return ad.prefill(*inputs[1])[0]
+        *together, late = _in_threads([lambda at=at, x=x: _scores(at, *x) for at, x in zip(ats, inputs)]
+                                      + [unarmed])
+        torch.testing.assert_close(late, logits)
         for a, b in zip(alone, together):
             torch.testing.assert_close(b, a)
     finally:
