@@ -171,11 +171,11 @@ def check(input_path: str, output: str, record: dict | None = None, restart: boo
     if restart or record is None:
         return
     old = _load_record(_record_path(output))
-    if old is None:
-        if any(_read_journal(p, repair=False) for p in _journals(output)):
-            raise ValueError(f"--output: {output!r} holds answers but no {_record_path(output)!r} "
-                             "saying what produced them; pass --restart to discard them and "
-                             "start over, or choose another --output")
+    if old is None:  # the record is written before any answer: this file is not ours
+        if any(os.path.getsize(p) for p in _journals(output) if os.path.isfile(p)):
+            raise ValueError(f"--output: {output!r} is not empty but has no {_record_path(output)!r} "
+                             "saying what produced it; pass --restart to replace it, or choose "
+                             "another --output")
         return
     diff = _differences(old, record)
     if diff:

@@ -213,6 +213,10 @@ def test_rerun_with_other_settings_is_refused_or_restarted(at, folder):
             batch.run(at, inp, out, progress=False)
         _write(folder / "two.jsonl", TWO)
         assert open(out).read() == before  # refused runs leave the answers as they were
+        (folder / "notes.txt").write_text("someone's notes\n")
+        with pytest.raises(ValueError, match="is not empty but has no"):  # not truncated as a torn line
+            batch.run(at, inp, str(folder / "notes.txt"), progress=False)
+        assert (folder / "notes.txt").read_text() == "someone's notes\n"
         rec = json.loads(open(out + ".run.json").read())
         assert rec["model"] == at.name and rec["settings"]["budget"] == 40 and rec["settings"]["lite"] is False
         assert rec["input_sha256"] == hashlib.sha256(open(inp, "rb").read()).hexdigest()
