@@ -230,8 +230,8 @@ def format_table(result, layout: str = "contiguous", unit: int = 1) -> str:
     n = len(result.groups)
     head = (f"layout: interleaved: group g holds units g, g+{n}, g+{2 * n}, ... of {n} groups, so "
             "each spans the whole clip" if layout == "interleaved" and n > 1 else f"layout: {layout}")
-    lines = [head, f"{'group':>5} {'seconds':>15} {'every':>7} {'frames':>6} {'tokens':>7} "
-             f"{'entropy':>8} {'budget':>7} {'selected':>8}"]
+    lines = [head, (f"{'group':>5} {'seconds':>15} {'every':>7} {'frames':>6} {'tokens':>7} "
+                    f"{'entropy':>8} {'budget':>7} {'selected':>8}")]
     for g in result.groups:
         span = f"{t[g.frames[0]]:.1f}-{t[g.frames[-1]]:.1f}" if g.frames else "-"
         starts = [t[f] for f in g.frames[::unit]]

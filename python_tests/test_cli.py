@@ -96,7 +96,7 @@ def _subparsers():
 
 
 def test_help_shows_defaults_and_explains_every_argument(capsys):
-    p, subs = _subparsers()
+    _, subs = _subparsers()
     full, demo = AdaptTokenConfig(), AdaptTokenConfig(frames=128, max_pixels=112 * 224,
                                                       units_per_group=8, budget=64)
     for name, sp in subs.items():
