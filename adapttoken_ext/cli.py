@@ -30,27 +30,48 @@ def _device_map(text):
     return m
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults in ``--help``, except where there is none to show (None)."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
+# ``answer`` and ``batch`` use method.md's settings (AdaptTokenConfig); ``demo`` smaller ones,
+# so that it runs in seconds on a CPU.
+_DEMO_SETTINGS = dict(frames=128, max_pixels=112 * 224, units_per_group=8, budget=64)
+
+
 def _parser() -> argparse.ArgumentParser:
+    from .config import AdaptTokenConfig
     from .models import ADAPTERS
     from .models.tiny import FAMILIES
-    p = argparse.ArgumentParser(prog="adapttoken", description=(
+    p = argparse.ArgumentParser(prog="adapttoken", formatter_class=_HelpFormatter, description=(
         "AdaptToken: entropy-guided visual-token selection for long-video question answering."))
     sub = p.add_subparsers(dest="command", required=True)
 
-    def common(sp):
+    def common(sp, defaults):
         sp.add_argument("--model", default=None, help="hub id or local path of a supported "
-                        f"checkpoint (model_type {', '.join(ADAPTERS)}; default: the offline "
-                        "tiny model of --family with random weights)")
+                        f"checkpoint (model_type {', '.join(ADAPTERS)}); without it, the offline "
+                        "tiny model of --family with random weights")
         sp.add_argument("--family", default="qwen2_5_vl", choices=sorted(FAMILIES),
                         help="model_type of the offline tiny model used without --model")
-        sp.add_argument("--frames", type=int, default=None, help="frames sampled (method.md step 0)")
-        sp.add_argument("--budget", type=int, default=None, help="visual tokens kept (step 5)")
-        sp.add_argument("--units-per-group", type=int, default=None, help="units per group (step 1)")
-        sp.add_argument("--max-pixels", type=int, default=None, help="pixels per frame (step 0)")
-        sp.add_argument("--lite", action="store_true", help="AdaptToken-Lite early stop (step 8)")
-        sp.add_argument("--scorer", default=None, choices=["attention", "local_entropy", "fused"],
-                        help="AdaptToken's within-group ranking (default attention; README "
-                        "'EntropySelect')")
+        sp.add_argument("--frames", type=int, default=defaults.frames,
+                        help="frames sampled uniformly over the video (method.md step 0)")
+        sp.add_argument("--budget", type=int, default=defaults.budget,
+                        help="visual tokens kept for the final pass (step 5)")
+        sp.add_argument("--units-per-group", type=int, default=defaults.units_per_group,
+                        help="temporal units per group (step 1)")
+        sp.add_argument("--max-pixels", type=int, default=defaults.max_pixels,
+                        help="pixels per frame after resizing (step 0)")
+        sp.add_argument("--lite", action="store_true", help="AdaptToken-Lite: stop visiting "
+                        "groups once one's answer entropy is below tau (step 8)")
+        sp.add_argument("--scorer", default=defaults.scorer, choices=["attention", "local_entropy", "fused"],
+                        help="AdaptToken's within-group ranking (README 'EntropySelect')")
+        sp.add_argument("--decoder", default=defaults.decoder, choices=["pyav", "torchcodec"],
+                        help="video decoder: pyav (FFmpeg bundled; honours rotation and variable "
+                        "frame rates), or torchcodec (needs torchcodec and FFmpeg's libraries; "
+                        "ignores rotation and variable frame rates)")
         sp.add_argument("--device", default="cpu", help="device of the whole model, e.g. cpu, "
                         "cuda, cuda:1 (ignored with --device-map)")
         sp.add_argument("--device-map", default=None, metavar="MAP", help='split the model across '
@@ -59,50 +80,82 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--dtype", default="auto", choices=sorted(_DTYPES), help="weights' dtype "
                         "(auto: bfloat16 on CUDA, float32 on CPU)")
         sp.add_argument("--attn-implementation", default=None, metavar="NAME", help="attention "
-                        "backend: sdpa, flash_attention_2, eager, ... (default: flash_attention_2 "
-                        "on CUDA when installed, else sdpa)")
+                        "backend: sdpa, flash_attention_2, eager, ...; without it flash_attention_2 "
+                        "on CUDA when installed, else sdpa")
         sp.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    a = sub.add_parser("answer", help="answer a question about a video")
-    a.add_argument("--video", required=True, help="video file")
-    a.add_argument("--question", required=True)
-    a.add_argument("--options", nargs="+", default=None, metavar="OPTION",
-                   help='answer options, e.g. "A. a cat" "B. a dog"')
-    d = sub.add_parser("demo", help="run offline on a real sample video with the tiny model")
-    for sp in (a, d):
-        common(sp)
-        sp.add_argument("--json", metavar="OUT", help="write the result as JSON")
-        sp.add_argument("--plot", metavar="OUT.png", help="plot entropy, budgets and selected tokens")
+    def outputs(sp):
+        sp.add_argument("--json", metavar="OUT", help="write the result as JSON to this file")
+        sp.add_argument("--plot", metavar="OUT.png", help="plot the groups' entropy, budget and "
+                        "selected tokens, and a timeline of the selected tokens, to this image")
         sp.add_argument("--method", default="adapttoken", choices=["adapttoken", "entropyselect"],
                         help="adapttoken (method.md), or entropyselect: EntropySelect alone, "
                         "question-agnostic selection from the vision tokens, then the final pass")
-    b = sub.add_parser("batch", help="answer a JSONL file of questions (resumable; "
-                       "torchrun --nproc-per-node N -m adapttoken_ext.cli batch ... for N processes)")
+
+    full, demo = AdaptTokenConfig(), AdaptTokenConfig(**_DEMO_SETTINGS)
+    a = sub.add_parser("answer", formatter_class=_HelpFormatter, help="answer a question about a video",
+                       description="Answer a question about a video. Defaults are method.md's "
+                       "(AdaptTokenConfig); `demo` uses smaller ones.")
+    a.add_argument("--video", required=True, help="the video file (any container and codec FFmpeg reads)")
+    a.add_argument("--question", required=True, help="the question about the video, as plain text")
+    a.add_argument("--options", nargs="+", default=None, metavar="OPTION",
+                   help='answer options, e.g. "A. a cat" "B. a dog" (enables option-letter entropy)')
+    common(a, full)
+    outputs(a)
+    d = sub.add_parser("demo", formatter_class=_HelpFormatter,
+                       help="run offline on a real sample video with the tiny model",
+                       description="The whole pipeline offline on a real sample clip (bikes.mp4) "
+                       "with a fixed question. Its defaults are smaller than `answer`'s "
+                       "(method.md's) so that it runs in seconds on a CPU.")
+    common(d, demo)
+    outputs(d)
+    b = sub.add_parser("batch", formatter_class=_HelpFormatter,
+                       help="answer a JSONL file of questions (resumable; "
+                       "torchrun --nproc-per-node N -m adapttoken_ext.cli batch ... for N processes)",
+                       description="Answer a JSONL file of questions, resumably. Defaults are "
+                       "method.md's (AdaptTokenConfig), as for `answer`.")
     b.add_argument("--input", required=True, metavar="QUESTIONS.jsonl", help='lines {"id", "video", '
                    '"question", "options"?}; video paths relative to this file\'s folder')
     b.add_argument("--output", required=True, metavar="ANSWERS.jsonl", help="one line per input "
-                   "line, in input order; ids already answered there are skipped")
-    common(b)
+                   "line, in input order; a rerun resumes it (ids already answered are skipped) "
+                   "and is refused when model, settings or input differ from its answers'")
+    b.add_argument("--restart", action="store_true", help="discard the answers already in "
+                   "--output (and its journals) and start over")
+    b.add_argument("--barrier-timeout", type=float, default=7200.0, metavar="SECONDS",
+                   help="under torchrun: how long a finished rank waits for the others; a rank "
+                   "not there by then is named and nothing is merged (run again to finish)")
+    common(b, full)
     return p
 
 
 def _batch(args) -> int:
-    """``adapttoken batch``: one process, or one per rank under torchrun / accelerate launch."""
+    """``adapttoken batch``: one process, or one per rank under torchrun / accelerate launch.
+    Every rank reaches the final rendezvous, also after failing, so that rank 0 reports the
+    failed rank and merges the rest instead of waiting for it."""
     import datetime
 
     import torch
+
     from . import batch
+    from .models.tiny import tiny_model_id
     from .pipeline import AdaptToken
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank, barrier, device = 0, None, args.device
+    rank, gather, device = int(os.environ.get("RANK", "0")), None, args.device
     try:
-        config = _config(args, demo=False).validate()
+        config = _config(args).validate()
+        from .video import check_decoder
+        check_decoder(config.decoder)
+        if not args.barrier_timeout > 0:
+            raise ValueError(f"--barrier-timeout: must be > 0 seconds, got {args.barrier_timeout}")
+        # before loading the model: the paths, and the answers already there
+        batch.check(args.input, args.output)
+        batch.check(args.input, args.output, None if args.restart else batch.run_record(
+            args.model or tiny_model_id(args.family), config, args.input), args.restart)
         if world > 1:
             import torch.distributed as dist
-            # only a barrier crosses ranks: gloo works on CPU and GPU hosts alike; a rank
-            # may wait for the slowest one for hours
-            dist.init_process_group("gloo", timeout=datetime.timedelta(days=7))
-            rank, barrier = dist.get_rank(), dist.barrier
+            # only a rendezvous crosses ranks: gloo works on CPU and GPU hosts alike
+            dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=args.barrier_timeout))
+            rank, gather = dist.get_rank(), batch.Rendezvous(args.barrier_timeout)
             if device.startswith("cuda") and args.device_map is None:
                 device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
         dtype = _DTYPES[args.dtype] and getattr(torch, _DTYPES[args.dtype])
@@ -113,70 +166,147 @@ def _batch(args) -> int:
         if at.tiny and rank == 0:
             print(TINY_WARNING.format(family=args.family), file=sys.stderr)
         return batch.run(at, args.input, args.output, progress=not args.quiet, rank=rank,
-                         world=world, barrier=barrier)
-    except (ValueError, OSError, ImportError) as e:
-        print(f"adapttoken: error: {e}", file=sys.stderr)
+                         world=world, gather=gather, restart=args.restart)
+    except Exception as e:
+        expected = isinstance(e, (ValueError, OSError, ImportError, RuntimeError))
+        text = str(e) if expected else f"{type(e).__name__}: {e}"
+        print(f"adapttoken: error: {f'rank {rank}: ' if world > 1 else ''}{text}", file=sys.stderr)
+        if gather is not None and not gather.called:
+            try:
+                gather(text)
+            except RuntimeError as e2:
+                print(f"adapttoken: error: {e2}", file=sys.stderr)
+        if not expected and world == 1:
+            raise
         return 2
     finally:
         if world > 1 and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 
 
-def _config(args, demo: bool):
+def _config(args):
     from .config import AdaptTokenConfig
-    base = dict(frames=128, max_pixels=112 * 224, units_per_group=8, budget=64) if demo else {}
-    for name in ("frames", "budget", "units_per_group", "max_pixels"):
-        if getattr(args, name) is not None:
-            base[name] = getattr(args, name)
-    if args.scorer is not None:
-        base["scorer"] = args.scorer
-    return AdaptTokenConfig(lite=args.lite, **base)
+    return AdaptTokenConfig(frames=args.frames, budget=args.budget, units_per_group=args.units_per_group,
+                            max_pixels=args.max_pixels, scorer=args.scorer, decoder=args.decoder,
+                            lite=args.lite)
 
 
-def format_table(result) -> str:
-    """Per-group table: time span (s), frames, tokens, entropy, budget, selected."""
+def _check_output(flag: str, path: str | None) -> None:
+    """Before any model work: ``path`` can be written as a file (ValueError naming ``flag``)."""
+    if path is None:
+        return
+    if os.path.isdir(path):
+        raise ValueError(f"{flag}: {path!r} is a directory; name a file")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ValueError(f"{flag}: no such directory for {path!r}")
+    if not os.access(folder, os.W_OK):
+        raise ValueError(f"{flag}: cannot write in {folder!r}")
+    if flag == "--plot":
+        from matplotlib.figure import Figure
+        ext = os.path.splitext(path)[1].lstrip(".").lower()
+        if ext not in Figure().canvas.get_supported_filetypes():
+            raise ValueError(f"{flag}: {path!r} needs an image extension matplotlib writes "
+                             "(.png, .pdf, .svg, ...)")
+
+
+def _check_video(path: str) -> None:
+    """``--video`` is a non-empty file (a directory, a missing or an empty file each say so)."""
+    if os.path.isdir(path):
+        raise ValueError(f"--video: {path!r} is a directory, not a video file")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"--video: no such file: {path!r}")
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"--video: {path!r} is an empty file (0 bytes), not a video")
+
+
+def format_table(result, layout: str = "contiguous", unit: int = 1) -> str:
+    """Per-group table: the span (s) from the group's first to its last sampled frame, the
+    time between its units (``every``), frames, tokens, entropy, budget, selected. A first
+    line says the layout: under ``interleaved`` each group samples the whole clip every
+    ``G`` units, so every span is the whole clip and ``every`` tells the groups apart.
+    ``unit``: frames per temporal unit (the adapter's)."""
     t = dict(zip(result.frames, result.timestamps_s))
-    lines = [f"{'group':>5} {'seconds':>15} {'frames':>6} {'tokens':>7} {'entropy':>8} {'budget':>7} {'selected':>8}"]
+    n = len(result.groups)
+    head = (f"layout: interleaved: group g holds units g, g+{n}, g+{2 * n}, ... of {n} groups, so "
+            "each spans the whole clip" if layout == "interleaved" and n > 1 else f"layout: {layout}")
+    lines = [head, (f"{'group':>5} {'seconds':>15} {'every':>7} {'frames':>6} {'tokens':>7} "
+                    f"{'entropy':>8} {'budget':>7} {'selected':>8}")]
     for g in result.groups:
         span = f"{t[g.frames[0]]:.1f}-{t[g.frames[-1]]:.1f}" if g.frames else "-"
+        starts = [t[f] for f in g.frames[::unit]]
+        every = f"{(starts[-1] - starts[0]) / (len(starts) - 1):.2f}" if len(starts) > 1 else "-"
         h = "-" if g.entropy is None else f"{g.entropy:.4f}"
-        lines.append(f"{g.index:>5} {span:>15} {len(g.frames):>6} {g.num_tokens:>7} {h:>8} "
+        lines.append(f"{g.index:>5} {span:>15} {every:>7} {len(g.frames):>6} {g.num_tokens:>7} {h:>8} "
                      f"{g.budget:>7} {g.selected:>8}")
     return "\n".join(lines)
 
 
-def plot(result, path: str, title: str = "") -> None:
-    """Per-group entropy and budget, and a timeline of the selected tokens (PNG)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def lite_line(result, lite: bool) -> str:
+    """How group visiting ended: where Lite stopped, or that it never did and why."""
+    if result.stopped_after_group is not None:
+        return f"Lite stopped after group {result.stopped_after_group}"
+    seen = [g for g in result.groups if g.entropy is not None]
+    if not lite or not seen or result.stop_threshold is None:
+        return "all groups visited"
+    low = min(seen, key=lambda g: g.entropy)
+    return (f"Lite on, but no group's entropy fell below tau = {result.stop_threshold:.4f} nats "
+            f"(lowest {low.entropy:.4f}, group {low.index}): all groups visited")
+
+
+def _figure(result, title: str = ""):
+    """The figure of :func:`plot`."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     g = [r.index for r in result.groups]
-    fig, (ax1, ax3) = plt.subplots(2, 1, figsize=(9, 6), constrained_layout=True)
-    ax1.bar(g, [r.budget for r in result.groups], color="tab:blue", alpha=0.6, label="budget B_g")
+    adapt = result.method == "adapttoken"
+    fig = Figure(figsize=(9, 6), constrained_layout=True)
+    ax1, ax3 = fig.subplots(2, 1)
+    ax1.bar([x - 0.2 for x in g], [r.budget for r in result.groups], width=0.4, color="tab:blue",
+            alpha=0.6, label="budget B_g")
+    ax1.bar([x + 0.2 for x in g], [r.selected for r in result.groups], width=0.4, color="tab:green",
+            alpha=0.8, label="selected")
+    ax1.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax1.set_xlabel("group")
-    ax1.set_ylabel("budget (tokens)", color="tab:blue")
-    ax2 = ax1.twinx()
-    ax2.plot(g, [r.entropy if r.entropy is not None else math.nan for r in result.groups], "o-",
-             color="tab:red", label="entropy H_g")
-    ax2.set_ylabel("entropy (nats)", color="tab:red")
+    ax1.set_ylabel("tokens")
+    ax1.legend(loc="upper left", fontsize="small")
+    if any(r.entropy is not None for r in result.groups):  # EntropySelect has no group pass
+        ax2 = ax1.twinx()
+        ax2.plot(g, [r.entropy if r.entropy is not None else math.nan for r in result.groups], "o-",
+                 color="tab:red", label="entropy H_g")
+        ax2.set_ylabel("entropy H_g (nats)", color="tab:red")
     if result.stopped_after_group is not None:
         ax1.axvline(result.stopped_after_group + 0.5, color="k", ls="--", lw=1)
-    ax1.set_title(title or "AdaptToken: group entropy and budget (lower entropy, larger budget)")
+    ax1.set_title(title or ("AdaptToken: group entropy, budget and selected tokens (lower entropy, "
+                            "larger budget)" if adapt else "EntropySelect: budget and selected tokens "
+                            "per group (question-agnostic: no entropy)"))
     t = result.selected_tokens
     rows, cols = result.grid if result.grid[1] else (1, 1)
-    ax3.scatter([x["time_s"] for x in t], [x["h"] * cols + x["w"] for x in t],
-                c=[x["score"] for x in t], s=6, cmap="viridis")
+    name = "attention" if adapt else "EntropySelect"
+    sc = ax3.scatter([x["time_s"] for x in t], [x["h"] * cols + x["w"] for x in t],
+                     c=[x["score"] for x in t], s=6, cmap="viridis")
+    fig.colorbar(sc, ax=ax3, label=f"{name} score")
     ax3.set_xlim(0, max(result.timestamps_s) * 1.01 + 1e-3)
     ax3.set_ylim(-0.5, rows * cols - 0.5)
     ax3.set_xlabel("video time (s)")
     ax3.set_ylabel("token in frame (raster)")
-    ax3.set_title(f"{len(t)} selected tokens (colour: "
-                  f"{'attention' if result.method == 'adapttoken' else 'EntropySelect'} score)")
-    tmp = f"{path}.partial.png"
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    ax3.set_title(f"{len(t)} selected tokens (colour: {name} score)")
+    return fig
+
+
+def plot(result, path: str, title: str = "") -> None:
+    """Per-group budget and selected count side by side, entropy (AdaptToken only), and a
+    timeline of the selected tokens coloured by score, to an image file (format by its
+    extension). Written through a temporary file; nothing is left behind on failure."""
+    ext = os.path.splitext(path)[1]
+    tmp = f"{path}.partial{ext}"
+    try:
+        _figure(result, title).savefig(tmp, dpi=110)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def main(argv=None) -> int:
@@ -187,19 +317,18 @@ def main(argv=None) -> int:
     if args.command == "batch":
         return _batch(args)
     from .pipeline import AdaptToken
-    from .video import sample_video
+    from .video import check_decoder, sample_video
     demo = args.command == "demo"
     try:
-        config = _config(args, demo).validate()
+        config = _config(args).validate()
+        check_decoder(config.decoder)
         for flag, path in (("--json", args.json), ("--plot", args.plot)):
-            if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
-                raise ValueError(f"{flag}: no such directory for {path!r}")
+            _check_output(flag, path)
         if demo:
             video, question, options = str(sample_video("bikes.mp4")), DEMO_QUESTION, DEMO_OPTIONS
         else:
             video, question, options = args.video, args.question, args.options
-            if not os.path.isfile(video):
-                raise FileNotFoundError(f"--video: no such file: {video!r}")
+            _check_video(video)
         import torch
         dtype = _DTYPES[args.dtype] and getattr(torch, _DTYPES[args.dtype])
         at = AdaptToken.from_pretrained(args.model, config=config, device=args.device, dtype=dtype,
@@ -215,11 +344,10 @@ def main(argv=None) -> int:
     if demo:
         print(f"video: {video}\nquestion: {question}\noptions: {' | '.join(options)}")
     print(f"answer: {result.answer!r}" + ("  (tiny random model: meaningless)" if result.tiny_model else ""))
-    print(format_table(result))
+    print(format_table(result, config.group_layout, at.adapter.unit))
     n = len(result.groups)
     print(f"kept {len(result.selected_tokens)} of {sum(g.num_tokens for g in result.groups)} visual "
-          f"tokens from {n} group(s); " + (f"Lite stopped after group {result.stopped_after_group}"
-                                           if result.stopped_after_group is not None else "all groups visited"))
+          f"tokens from {n} group(s); {lite_line(result, config.lite)}")
     if demo and result.method == "entropyselect":
         print("why: EntropySelect ignores the question: each unit got a budget share by its mean "
               "score (low local entropy of the vision tokens, Sobel edges), spread over its grid "
@@ -234,13 +362,18 @@ def main(argv=None) -> int:
               ", ".join(f"({x['time_s']:.2f}, {x['h']}, {x['w']}, {x['score']:.3f})" for x in top))
     print(f"time {result.timings_s['total']:.2f} s, peak host RSS "
           f"{result.peak_memory_bytes['host_rss'] / 2**20:.0f} MiB")
-    if args.json:
-        result.to_json(args.json)
-        print(f"wrote {args.json}")
-    if args.plot:
-        plot(result, args.plot)
-        print(f"wrote {args.plot}")
-    return 0
+    rc = 0
+    for flag, path, write in (("--json", args.json, result.to_json), ("--plot", args.plot,
+                                                                       lambda p: plot(result, p))):
+        if not path:
+            continue
+        try:
+            write(path)
+            print(f"wrote {path}")
+        except (OSError, ValueError) as e:  # the result above stands; the file is not left half-written
+            print(f"adapttoken: error: {flag}: could not write {path!r} ({e})", file=sys.stderr)
+            rc = 2
+    return rc
 
 
 if __name__ == "__main__":

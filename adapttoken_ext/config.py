@@ -23,6 +23,11 @@ class AdaptTokenConfig:
     """Step 1: host memory (MiB) for resized frames of later groups that decoding passes
     on the way to the current group's frames; 0 disables. Bounds the re-decoding that
     interleaved groups cause, and host memory."""
+    decoder: str = "pyav"
+    """Step 0: the video decoder, ``"pyav"`` (FFmpeg bundled in its wheels; honours the
+    display rotation and variable frame rates; tested) or ``"torchcodec"`` (only when asked
+    for: needs torchcodec and FFmpeg's shared libraries, and ignores rotation and variable
+    frame rates). README "Video input"."""
     visual_cache_gb: float = 8.0
     """Step 1: host memory (GiB) for group encodings that ``AdaptToken.answer_many``, the
     ``batch`` command and the lmms-eval plug-in reuse across questions about one video;
@@ -80,6 +85,8 @@ class AdaptTokenConfig:
             positive(name)
         if self.group_layout not in ("interleaved", "contiguous"):
             raise ValueError(f"group_layout: must be 'interleaved' or 'contiguous', got {self.group_layout!r}")
+        if self.decoder not in ("pyav", "torchcodec"):
+            raise ValueError(f"decoder: must be 'pyav' or 'torchcodec', got {self.decoder!r}")
         if self.reduce not in ("max", "mean"):
             raise ValueError(f"reduce: must be 'max' or 'mean', got {self.reduce!r}")
         if self.scorer not in ("attention", "local_entropy", "fused"):

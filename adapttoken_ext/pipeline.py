@@ -34,7 +34,8 @@ class AdaptTokenResult:
     ``timings_s`` has one entry per
     stage in :data:`STAGES` plus ``total``; ``peak_memory_bytes`` has ``host_rss`` and, on
     GPU, ``cuda``. ``candidate_rows_peak``: the most candidate embeddings held on the
-    host at once (rows of ``hidden``)."""
+    host at once (rows of ``hidden``). ``stop_threshold``: Lite's tau in nats (method.md
+    step 8) when ``lite`` is on, else None."""
     answer: str
     model: str
     frames: list[int]
@@ -48,6 +49,7 @@ class AdaptTokenResult:
     tiny_model: bool = False
     candidate_rows_peak: int = 0
     method: str = "adapttoken"
+    stop_threshold: float | None = None
     grid: tuple = field(default=(0, 0))
 
     def to_dict(self) -> dict:
@@ -60,9 +62,13 @@ class AdaptTokenResult:
         text = json.dumps(self.to_dict(), indent=1)
         if path is not None:
             tmp = f"{path}.partial"
-            with open(tmp, "w") as f:
-                f.write(text)
-            os.replace(tmp, path)
+            try:
+                with open(tmp, "w") as f:
+                    f.write(text)
+                os.replace(tmp, path)
+            finally:  # a failed write leaves nothing behind
+                if os.path.exists(tmp):
+                    os.remove(tmp)
         return text
 
 
@@ -189,7 +195,7 @@ class AdaptToken:
         cfg, ad = self.config, self.adapter
         t_start = time.perf_counter()
         vkey = video_key(video) if cache is not None else None
-        with VideoReader(video, cache_bytes=cfg.decode_cache_mb << 20) as reader:
+        with VideoReader(video, cache_bytes=cfg.decode_cache_mb << 20, decoder=cfg.decoder) as reader:
             plans = [stages.make_plan(ad, reader.info, cfg, q, o) for q, o in items]
             out = []
             for plan in plans:
@@ -237,7 +243,8 @@ class AdaptToken:
             timestamps_s=plan.frame_times_s, groups=records,
             budget=cfg.budget, selected_tokens=tokens, stopped_after_group=stopped,
             timings_s=timings, peak_memory_bytes=mem, tiny_model=self.tiny,
-            candidate_rows_peak=peak_rows, method=method, grid=plan.grid)
+            candidate_rows_peak=peak_rows, method=method, grid=plan.grid,
+            stop_threshold=plan.stop_threshold if cfg.lite else None)
 
     def _select(self, plan, records, pool, reader, timer, encoder=None):
         """Steps 5-7; a refill's re-encoding (through ``encoder`` when given) counts as

@@ -1,8 +1,12 @@
 """Video input: metadata, lazy frame decoding with decoder-side resize, sample videos.
 
-torchcodec decodes when it loads (it needs FFmpeg's shared libraries); otherwise PyAV,
-whose wheels bundle FFmpeg. Frames are decoded only when asked for, already resized,
-so a 10K-frame video never sits in memory at full resolution (method.md step 1).
+PyAV decodes (its wheels bundle FFmpeg): presentation timestamps, variable frame rates
+and the display rotation are handled and tested. torchcodec decodes only when asked for
+(``decoder="torchcodec"``, ``--decoder torchcodec``): it needs FFmpeg's shared libraries
+and a torch it was built for, and its path here assumes a constant rate, ignores the
+rotation and resizes whole groups in float32, so it is not the default even when it is
+installed. Frames are decoded only when asked for, already resized, so a 10K-frame video
+never sits in memory at full resolution (method.md step 1).
 """
 from __future__ import annotations
 
@@ -49,15 +53,37 @@ class VideoInfo:
         return ts[-1] - ts[0] + (ts[-1] - ts[0]) / (len(ts) - 1)
 
 
-def _torchcodec_decoder(path: str):
-    """A torchcodec VideoDecoder, or None when torchcodec or its FFmpeg libraries are missing."""
-    if os.environ.get("ADAPTTOKEN_VIDEO_BACKEND", "") == "pyav":
+DECODERS = ("pyav", "torchcodec")
+
+
+def check_decoder(decoder: str):
+    """The decoder class for ``decoder`` (None for PyAV, which is always there).
+
+    Raises:
+        ValueError: naming ``decoder``: unknown, or torchcodec (or the FFmpeg libraries it
+            needs) does not load.
+    """
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder: must be 'pyav' or 'torchcodec', got {decoder!r}")
+    if decoder == "pyav":
         return None
     try:  # torchcodec raises OSError (not ImportError) when FFmpeg's libraries are absent
         from torchcodec.decoders import VideoDecoder
-        return VideoDecoder(path, dimension_order="NCHW", seek_mode="exact")
-    except Exception:
-        return None
+    except Exception as e:  # noqa: BLE001 - any failure to load means: not available
+        raise ValueError(f"decoder: 'torchcodec' does not load ({type(e).__name__}: "
+                         f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}); "
+                         "install torchcodec and FFmpeg's shared libraries, or use 'pyav'") from None
+    return VideoDecoder
+
+
+def _torchcodec_decoder(path: str):
+    """A torchcodec VideoDecoder of ``path`` (ValueError as :func:`check_decoder`, or
+    naming the video when torchcodec cannot read it)."""
+    decoder = check_decoder("torchcodec")
+    try:
+        return decoder(path, dimension_order="NCHW", seek_mode="exact")
+    except Exception as e:  # noqa: BLE001 - torchcodec's errors for unreadable files vary
+        raise ValueError(f"video: {path!r} is not a readable video for torchcodec ({e})") from None
 
 
 class VideoReader:
@@ -68,13 +94,16 @@ class VideoReader:
         cache_bytes: with :meth:`plan`, frames that later calls will ask for are kept
             (resized) when decoding passes them, up to this many bytes (PyAV backend).
             Interleaved groups otherwise decode the same stretches of video once per group.
+        decoder: ``"pyav"`` (the default) or ``"torchcodec"`` (see the module docstring).
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: ``path`` is not a video FFmpeg can read, or has no video frames.
+        ValueError: ``path`` is a directory, an empty file, not a video FFmpeg can read,
+            or has no video frames; ``decoder`` unknown or, for torchcodec, not loadable.
     """
 
-    def __init__(self, path: str | os.PathLike, cache_bytes: int = 0):
+    def __init__(self, path: str | os.PathLike, cache_bytes: int = 0, decoder: str = "pyav"):
+        check_decoder(decoder)
         self.path = str(path)
         self.cache_bytes = cache_bytes
         self._cache: dict[int, torch.Tensor] = {}
@@ -83,7 +112,9 @@ class VideoReader:
             raise ValueError(f"video: {self.path!r} is a directory, not a video file")
         if not os.path.isfile(self.path):
             raise FileNotFoundError(f"video: no such file: {self.path!r}")
-        self._tc = _torchcodec_decoder(self.path)
+        if os.path.getsize(self.path) == 0:
+            raise ValueError(f"video: {self.path!r} is an empty file (0 bytes), not a video")
+        self._tc = _torchcodec_decoder(self.path) if decoder == "torchcodec" else None
         if self._tc is not None:
             md = self._tc.metadata
             self.backend = "torchcodec"

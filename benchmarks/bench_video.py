@@ -28,19 +28,17 @@ sys.path.insert(0, str(HERE.parent))
 def _decoders(path):
     from adapttoken_ext.video import _torchcodec_decoder
     out = ["pyav"]
-    os.environ.pop("ADAPTTOKEN_VIDEO_BACKEND", None)
-    if _torchcodec_decoder(path) is not None:
+    try:
+        _torchcodec_decoder(path)
         out.append("torchcodec")
+    except ValueError:  # not installed, or FFmpeg's libraries missing
+        pass
     return out
 
 
 def _reader(path, backend, cache_mb):
     from adapttoken_ext.video import VideoReader
-    if backend == "pyav":
-        os.environ["ADAPTTOKEN_VIDEO_BACKEND"] = "pyav"
-    else:
-        os.environ.pop("ADAPTTOKEN_VIDEO_BACKEND", None)
-    return VideoReader(path, cache_bytes=cache_mb << 20)
+    return VideoReader(path, cache_bytes=cache_mb << 20, decoder=backend)
 
 
 def sequential(path, size) -> float:
@@ -81,6 +79,7 @@ def main() -> int:
     args = ap.parse_args()
     import av
     import torch
+
     from adapttoken_ext.video import make_long_video
     Path(args.cache).mkdir(parents=True, exist_ok=True)
     video = Path(args.cache) / f"long720p_{args.video_frames}.mp4"

@@ -1,5 +1,8 @@
 """``adapttoken batch``: per-line errors, answers equal to ``AdaptToken.answer`` one by one,
-resumption after a kill (and a torn last line), and 2 processes under torchrun (gloo)."""
+resumption after a kill (and a torn last line), 2 processes under torchrun (gloo), a rerun
+with other settings refused or restarted, any exception a line's error, a question the
+process dies on not retried forever, and a failed rank named instead of waited for."""
+import hashlib
 import json
 import os
 import shutil
@@ -121,6 +124,7 @@ def test_resume_skips_answered_ids_and_redoes_a_torn_line(at, folder):
     lines = open(full).read().splitlines(keepends=True)
     with open(part, "w") as f:  # two answers, then a line cut by a crash
         f.writelines([lines[3], lines[0], lines[5][:40]])
+    shutil.copy(str(full) + ".run.json", str(part) + ".run.json")  # what produced them
     seen = []
     f = at.answer_many
     at.answer_many = lambda video, qs, **kw: seen.append(qs[0][0]) or f(video, qs, **kw)
@@ -181,3 +185,187 @@ def test_two_processes_and_a_killed_run_give_the_one_process_file(folder):
         f.write(b'{"id": "half a li')  # as if killed mid-write
     subprocess.run(_cli(folder, killed), env=_env(), check=True, capture_output=True, timeout=600)
     assert _strip(_load(killed)) == _strip(_load(one))
+
+
+# ---- what produced the answers; reruns -----------------------------------------------------
+
+TWO = [GOOD[0], GOOD[3]]  # two questions about one video: a short run
+
+
+def test_rerun_with_other_settings_is_refused_or_restarted(at, folder):
+    _write(folder / "two.jsonl", TWO)
+    inp, out = str(folder / "two.jsonl"), str(folder / "settings.jsonl")
+    assert batch.run(at, inp, out, progress=False) == 0
+    before = open(out).read()
+    other = AdaptToken(at.adapter, AdaptTokenConfig(**{**SMALL, "budget": 48}))
+    lite = AdaptToken(at.adapter, AdaptTokenConfig(**{**SMALL, "lite": True}))
+    try:
+        for pipe, why in ((other, "budget: 40 there, 48 now"), (lite, "lite: False there, True now")):
+            with pytest.raises(ValueError, match="--output") as e:
+                batch.run(pipe, inp, out, progress=False)
+            assert why in str(e.value) and "--restart" in str(e.value)
+        renamed = AdaptToken(at.adapter, AdaptTokenConfig(**SMALL), name="someone/else")
+        with pytest.raises(ValueError, match="model: .* there, 'someone/else' now"):
+            batch.run(renamed, inp, out, progress=False)
+        renamed.close()
+        _write(folder / "two.jsonl", [TWO[0], {**TWO[1], "question": "Where is it now?"}])
+        with pytest.raises(ValueError, match="--input: its content differs"):
+            batch.run(at, inp, out, progress=False)
+        _write(folder / "two.jsonl", TWO)
+        assert open(out).read() == before  # refused runs leave the answers as they were
+        (folder / "notes.txt").write_text("someone's notes\n")
+        with pytest.raises(ValueError, match="is not empty but has no"):  # not truncated as a torn line
+            batch.run(at, inp, str(folder / "notes.txt"), progress=False)
+        assert (folder / "notes.txt").read_text() == "someone's notes\n"
+        rec = json.loads(open(out + ".run.json").read())
+        assert rec["model"] == at.name and rec["settings"]["budget"] == 40 and rec["settings"]["lite"] is False
+        assert rec["input_sha256"] == hashlib.sha256(open(inp, "rb").read()).hexdigest()
+        assert rec["dtype"] == "float32" and rec["attn_implementation"] == "sdpa"
+        assert batch.run(other, inp, out, progress=False, restart=True) == 0
+        assert _strip(_load(out)) == _expected(other, folder, TWO)
+        assert json.loads(open(out + ".run.json").read())["settings"]["budget"] == 48
+    finally:
+        other.close()
+        lite.close()
+
+
+def test_cli_refuses_a_rerun_before_loading_the_model(folder, capsys, monkeypatch):
+    from adapttoken_ext import cli
+    _write(folder / "two_cli.jsonl", TWO)
+    args = ["batch", "--input", str(folder / "two_cli.jsonl"), "--output", str(folder / "cli.jsonl"),
+            "--quiet", "--model", str(ensure_tiny_model()), *FLAGS]
+    assert cli.main(args) == 0
+    first = _load(folder / "cli.jsonl")
+    real = AdaptToken.from_pretrained
+    monkeypatch.setattr(AdaptToken, "from_pretrained", lambda *a, **k: pytest.fail("model loaded"))
+    capsys.readouterr()
+    assert cli.main(args[:-1] + ["41"]) == 2  # --budget 41
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert [ln for ln in err.splitlines() if ln.startswith("adapttoken: error:")] == [
+        ln for ln in err.splitlines() if "--output" in ln and "budget: 40 there, 41 now" in ln]
+    assert cli.main(["batch", "--input", str(folder / "two_cli.jsonl"), "--output", str(folder),
+                     "--quiet"]) == 2
+    assert "--output" in capsys.readouterr().err  # a directory, named before any model work
+    monkeypatch.setattr(AdaptToken, "from_pretrained", real)
+    assert cli.main(args[:-1] + ["41", "--restart"]) == 0
+    assert [g["budget"] for g in _load(folder / "cli.jsonl")] == [41, 41] != [g["budget"] for g in first]
+
+
+def test_any_exception_becomes_the_lines_error(at, folder, monkeypatch):
+    import torch
+    rows = [GOOD[0], {**GOOD[0], "id": "rt", "question": "raise"}, {**GOOD[0], "id": "oom", "question": "oom"},
+            GOOD[3]]
+    _write(folder / "raising.jsonl", rows)
+    events = []
+    f = at.answer_many
+
+    def answer_many(video, qs, **kw):
+        events.append(qs[0][0])
+        if qs[0][0] == "raise":
+            raise RuntimeError("boom\nsecond line")
+        if qs[0][0] == "oom":
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return f(video, qs, **kw)
+    monkeypatch.setattr(at, "answer_many", answer_many)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: events.append("emptied"))
+    out = folder / "raising_out.jsonl"
+    assert batch.run(at, str(folder / "raising.jsonl"), str(out), progress=False) == 1
+    got = _load(out)
+    assert got[1]["error"] == "RuntimeError: boom" and got[1]["line"] == 2
+    assert got[2]["error"].startswith("CUDA out of memory (CUDA out of memory. Tried to allocate 20.00 GiB)")
+    assert _strip([got[0], got[3]]) == _expected(at, folder, [GOOD[0], GOOD[3]])
+    # the cache is emptied right after the out-of-memory question, before the next one
+    assert events == [GOOD[0]["question"], "raise", "oom", "emptied", GOOD[3]["question"]]
+
+
+class Died(BaseException):
+    """Stands for the process dying (SIGKILL, the OOM killer) inside a question."""
+
+
+def test_a_question_the_process_dies_on_is_not_retried_forever(at, folder, monkeypatch):
+    rows = [GOOD[0], {**GOOD[0], "id": "fatal", "question": "die here"}, GOOD[3]]
+    _write(folder / "dies.jsonl", rows)
+    asked = []
+    f = at.answer_many
+
+    def answer_many(video, qs, **kw):
+        asked.append(qs[0][0])
+        if qs[0][0] == "die here":
+            raise Died
+        return f(video, qs, **kw)
+    monkeypatch.setattr(at, "answer_many", answer_many)
+    inp, out = str(folder / "dies.jsonl"), str(folder / "dies_out.jsonl")
+    for _ in range(2):  # the first death may be a kill by hand: retried once
+        with pytest.raises(Died):
+            batch.run(at, inp, out, progress=False)
+    assert asked.count("die here") == 2
+    for _ in range(2):  # then recorded as the line's error, and not asked again
+        assert batch.run(at, inp, out, progress=False) == 1
+        assert asked.count("die here") == 2
+        got = _load(out)
+        assert "died 2 times" in got[1]["error"] and got[1]["line"] == 2
+        assert _strip([got[0], got[2]]) == _expected(at, folder, [GOOD[0], GOOD[3]])
+    assert asked.count(GOOD[3]["question"]) == 1  # answered once, then skipped
+
+
+def _free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_failed_rank_is_named_and_the_others_do_not_wait(folder):
+    """Ranks started by a launcher that does not tear the others down (srun, separate nodes):
+    rank 1 fails (its journal path is blocked); rank 0 still ends at once, names rank 1,
+    and merges its own answers."""
+    _write(folder / "ranks.jsonl", [GOOD[0], GOOD[1]])  # bikes.mp4 to rank 0, bunny.mp4 to rank 1
+    out = folder / "ranks_out.jsonl"
+    (folder / "ranks_out.jsonl.rank1").mkdir()
+    port = _free_port()
+    cmd = [sys.executable, "-m", "adapttoken_ext.cli", "batch", "--input", str(folder / "ranks.jsonl"),
+           "--output", str(out), "--quiet", "--model", str(ensure_tiny_model()), *FLAGS]
+    procs = [subprocess.Popen(cmd, env=dict(_env(), RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2",
+                                            MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)),
+                              stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    try:
+        errs = [p.communicate(timeout=300)[1] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert procs[0].returncode == 1 and procs[1].returncode == 2
+    assert "Traceback" not in errs[0] + errs[1]
+    assert "adapttoken: error: rank 1: " in errs[1] and "ranks_out.jsonl.rank1" in errs[1]
+    assert "rank 1 failed" in errs[0]
+    got = _load(out)
+    assert "error" not in got[0] and got[0]["id"] == "a1"
+    assert got[1]["error"].startswith("not answered: rank 1 failed")
+
+
+def test_a_hung_rank_is_named_after_the_barrier_timeout(folder):
+    """Rank 1 stops (SIGSTOP: alive, holding its connections, doing nothing): rank 0 gives up
+    after --barrier-timeout, names rank 1 and leaves the journals for a rerun."""
+    _write(folder / "hung.jsonl", [GOOD[0], GOOD[1], GOOD[4], GOOD[7]])  # 1 question to rank 0, 3 to rank 1
+    out = folder / "hung_out.jsonl"
+    port = _free_port()
+    cmd = [sys.executable, "-m", "adapttoken_ext.cli", "batch", "--input", str(folder / "hung.jsonl"),
+           "--output", str(out), "--quiet", "--model", str(ensure_tiny_model()), *FLAGS,
+           "--barrier-timeout", "5"]
+    procs = [subprocess.Popen(cmd, env=dict(_env(), RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2",
+                                            MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)),
+                              stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    journal = folder / "hung_out.jsonl.rank1"
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and not (journal.exists() and journal.read_bytes().count(b"\n") >= 2):
+            time.sleep(0.02)
+        procs[1].send_signal(signal.SIGSTOP)  # one question answered, two to go
+        err = procs[0].communicate(timeout=300)[1]
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    assert procs[0].returncode == 2 and "Traceback" not in err
+    assert "Ranks 1 failed to pass monitoredBarrier" in err and "--barrier-timeout 5 s" in err
+    assert not out.exists() and journal.exists()  # nothing merged: a rerun finishes the job

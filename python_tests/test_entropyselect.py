@@ -75,7 +75,10 @@ def test_synthetic_isolated_token():
     s = EntropySelect(budget=8, grid=1).scores(tokens, torch.zeros(1, 3, 70, 70))
     ring = [6, 7, 8, 11, 13, 16, 17, 18]
     assert set(torch.topk(s.flatten(), 8).indices.tolist()) == set(ring)
-    assert s[0, 2, 2] == s[0, 0, 0] == 0
+    # entropy 1 and no gradient give a score of 0 up to float32 rounding (the reference
+    # backend's exp/log round differently from the kernel's)
+    assert s[0, 2, 2].item() == pytest.approx(0, abs=1e-5)
+    assert s[0, 0, 0].item() == pytest.approx(0, abs=1e-5)
 
 
 def sobel_loop(frames, grid, unit):

@@ -1,6 +1,7 @@
 """Video input as users have it (method.md step 0): codecs, containers, pixel formats, odd
 sizes, audio-first files, long GOPs, very short clips, and the error contract. Each test
 video is written here by PyAV; the reference is a plain sequential PyAV decode."""
+import sys
 import warnings
 from fractions import Fraction
 
@@ -128,3 +129,72 @@ def test_truncated_video_uses_the_readable_frames_with_a_warning(tmp_path):
     ref = _sequential(str(cut), (48, 64))
     assert torch.equal(r.get_frames(list(range(n)), 48, 64), ref[:n])
     r.close()
+
+
+# ---- the decoder choice: PyAV unless torchcodec is asked for -----------------------------------
+
+class _FakeTorchcodec:
+    """Stands for an installed torchcodec (the real one needs a CUDA torch): records use."""
+
+    def __init__(self):
+        self.opened = []
+        fake = self
+
+        class VideoDecoder:
+            def __init__(self, path, dimension_order, seek_mode):
+                fake.opened.append(path)
+                self.metadata = type("M", (), dict(num_frames=5, average_fps=25.0, width=64, height=48))
+
+            def get_frames_at(self, indices):
+                return type("F", (), dict(data=torch.zeros(len(indices), 3, 48, 64, dtype=torch.uint8)))
+        self.module = type(sys)("torchcodec.decoders")
+        self.module.VideoDecoder = VideoDecoder
+
+
+@pytest.fixture
+def torchcodec_installed(monkeypatch):
+    fake = _FakeTorchcodec()
+    monkeypatch.setitem(sys.modules, "torchcodec", type(sys)("torchcodec"))
+    monkeypatch.setitem(sys.modules, "torchcodec.decoders", fake.module)
+    return fake
+
+
+def test_pyav_decodes_even_where_torchcodec_is_installed(tmp_path, torchcodec_installed):
+    path = _write(tmp_path / "a.mp4", 5)
+    with VideoReader(path) as r:
+        assert r.backend == "pyav" and r.info.num_frames == 5
+        torch.testing.assert_close(r.get_frames([0, 4], 48, 64), _sequential(path, (48, 64))[[0, 4]])
+    assert torchcodec_installed.opened == []
+    from adapttoken_ext.config import AdaptTokenConfig
+    assert AdaptTokenConfig().decoder == "pyav"
+
+
+def test_torchcodec_only_when_asked_for(tmp_path, torchcodec_installed):
+    path = _write(tmp_path / "a.mp4", 5)
+    with VideoReader(path, decoder="torchcodec") as r:
+        assert r.backend == "torchcodec" and r.get_frames([1, 2], 48, 64).shape == (2, 3, 48, 64)
+    assert torchcodec_installed.opened == [path]
+
+
+def test_torchcodec_asked_for_but_missing_is_an_error_naming_decoder(tmp_path, monkeypatch):
+    path = _write(tmp_path / "a.mp4", 5)
+    monkeypatch.setitem(sys.modules, "torchcodec", None)  # import fails, as when not installed
+    with pytest.raises(ValueError, match="decoder: 'torchcodec' does not load"):
+        VideoReader(path, decoder="torchcodec")
+    with pytest.raises(ValueError, match="decoder: must be 'pyav' or 'torchcodec'"):
+        VideoReader(path, decoder="opencv")
+    from adapttoken_ext.config import AdaptTokenConfig
+    with pytest.raises(ValueError, match="decoder"):
+        AdaptTokenConfig(decoder="opencv").validate()
+
+
+def test_cli_decoder_flag_missing_torchcodec_is_one_line_before_model_work(tmp_path, monkeypatch, capsys):
+    from adapttoken_ext import cli
+    from adapttoken_ext.pipeline import AdaptToken
+    monkeypatch.setitem(sys.modules, "torchcodec", None)
+    monkeypatch.setattr(AdaptToken, "from_pretrained", lambda *a, **k: pytest.fail("model loaded"))
+    path = _write(tmp_path / "a.mp4", 5)
+    assert cli.main(["answer", "--video", path, "--question", "?", "--decoder", "torchcodec", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("adapttoken: error:") == 1
+    assert "decoder: 'torchcodec' does not load" in err

@@ -9,13 +9,23 @@ function ``transformers`` resolves for that module's own ``config._attn_implemen
 original function, under its own name. The forward hook restores the lookup, also when
 the forward raises. Unarmed forwards (decoding, other layers) are untouched.
 
-The override uses the instance-local mapping of ``ALL_ATTENTION_FUNCTIONS`` for the
-duration of one layer's forward, so it is not thread-safe across models that run
-concurrently in one process.
+Threads: the override uses the instance-local mapping of ``ALL_ATTENTION_FUNCTIONS``,
+which is process-global, for the duration of one layer's forward. Two pipelines running
+in two threads (on one model or two) are safe: a capture is armed for the thread that
+armed it, only that thread's forward scores it and swaps the mapping, and a process-wide
+lock holds from the swap to its restore, so swaps never interleave (an armed reference
+layer's forward runs one thread at a time; every other forward runs freely and passes
+through the wrapper untouched).
+
+Flash attention: :func:`flash_kwargs` gives the ``cu_seq_lens_q/k`` and
+``max_length_q/k`` transformers' flash path takes for one unpadded sequence, so that it
+never infers sequence boundaries from position ids (``_is_packed_sequence``), which pruned
+or M-RoPE positions could fool.
 """
 from __future__ import annotations
 
 import sys
+import threading
 import time
 
 import torch
@@ -28,6 +38,27 @@ from .. import ops
 _ENTRY = "_adapttoken_score_hooks"
 
 
+# The swap of the process-global mapping, from pre-hook to post-hook, one thread at a time.
+_SWAP = threading.RLock()
+
+
+def flash_kwargs(model, query_length: int, key_length: int, device) -> dict:
+    """Keyword arguments for a forward of one unpadded sequence of ``query_length`` new
+    tokens over ``key_length`` keys (cached ones included), when ``model`` runs a flash
+    attention backend (transformers' ``is_flash_attention_requested`` on its text
+    config): int32
+    ``cu_seq_lens_q = [0, query_length]``, ``cu_seq_lens_k = [0, key_length]`` and the
+    maximum lengths, as transformers' ``_flash_attention_forward`` takes them. Empty for
+    other backends, which ignore them."""
+    from transformers.utils.generic import is_flash_attention_requested
+    if not is_flash_attention_requested(model.config.get_text_config()):
+        return {}
+    def cu(n):
+        return torch.tensor([0, n], dtype=torch.int32, device=device)
+    return dict(cu_seq_lens_q=cu(query_length), cu_seq_lens_k=cu(key_length),
+                max_length_q=query_length, max_length_k=key_length)
+
+
 def _interface():
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
     return ALL_ATTENTION_FUNCTIONS
@@ -35,53 +66,62 @@ def _interface():
 
 def _pre_hook(module, args, kwargs):
     entry = getattr(module, _ENTRY)
-    armed = [c for c in entry["captures"] if c.armed is not None]
+    me = threading.get_ident()
+    armed = [c for c in entry["captures"] if c.armed is not None and c.thread == me]
     if not armed:
         return
-    name = module.config._attn_implementation
-    eager = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
-    local = _interface()._local_mapping
-    entry["saved"] = (name, local.get(name))
-    original = _interface().get_interface(name, eager)
+    _SWAP.acquire()  # released by the post-hook, which runs also when the forward raises
+    try:
+        name = module.config._attn_implementation
+        eager = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
+        local = _interface()._local_mapping
+        original = _interface().get_interface(name, eager)
 
-    def attention(mod, query, key, value, attention_mask, **kw):
-        if mod is module:
-            for cap in armed:
-                cap._score(query, key, kw.get("scaling") or mod.scaling)
-        return original(mod, query, key, value, attention_mask, **kw)
+        def attention(mod, query, key, value, attention_mask, **kw):
+            if mod is module and threading.get_ident() == me:
+                for cap in armed:
+                    cap._score(query, key, kw.get("scaling") or mod.scaling)
+            return original(mod, query, key, value, attention_mask, **kw)
 
-    local[name] = attention
+        entry["saved"][me] = (name, local.get(name))
+        local[name] = attention
+    except BaseException:
+        _SWAP.release()
+        raise
 
 
 def _post_hook(module, args, kwargs, output):
     entry = getattr(module, _ENTRY, None)
-    if entry is None or "saved" not in entry:
+    saved = entry["saved"].pop(threading.get_ident(), None) if entry is not None else None
+    if saved is None:
         return
-    name, previous = entry.pop("saved")
+    name, previous = saved
     local = _interface()._local_mapping
     if previous is None:
         local.pop(name, None)
     else:
         local[name] = previous
+    _SWAP.release()
 
 
 class ScoreCapture:
     """Scores of one reference layer's attention, on demand.
 
     Arm before a forward; read :meth:`take` (float32 ``[B, visual_end - visual_start]``)
-    after. :meth:`remove` detaches it; once every capture of a module is removed, the
+    after. The capture is armed for the calling thread: the forward must run there. :meth:`remove` detaches it; once every capture of a module is removed, the
     module has no hooks and no attribute of ours left.
     """
 
     def __init__(self, module: torch.nn.Module):
         self.module = module
         self.armed: tuple | None = None
+        self.thread: int | None = None  # the thread that armed it
         self.reduce = "max"
         self.scores: torch.Tensor | None = None
         self.elapsed = 0.0  # seconds spent in attention_scores on the last capture
         entry = getattr(module, _ENTRY, None)
         if entry is None:
-            entry = {"captures": [], "handles": [
+            entry = {"captures": [], "saved": {}, "handles": [
                 module.register_forward_pre_hook(_pre_hook, with_kwargs=True),
                 module.register_forward_hook(_post_hook, with_kwargs=True, always_call=True)]}
             setattr(module, _ENTRY, entry)
@@ -89,8 +129,9 @@ class ScoreCapture:
 
     def arm(self, query_start: int, visual_start: int, visual_end: int, reduce: str = "max"):
         """Score keys ``[visual_start, visual_end)`` with query rows ``>= query_start`` on the
-        next forward of the module."""
+        next forward of the module in this thread."""
         self.armed, self.reduce, self.scores = (query_start, visual_start, visual_end), reduce, None
+        self.thread = threading.get_ident()
 
     def _score(self, query, key, scaling):
         (qs, vs, ve), self.armed = self.armed, None  # disarmed even if scoring raises

@@ -7,7 +7,7 @@ import json
 
 import torch
 
-from .attention_hook import ScoreCapture
+from .attention_hook import ScoreCapture, flash_kwargs
 from .base import DecodeState
 
 # transformers' OPENAI_CLIP_MEAN / OPENAI_CLIP_STD: the video processors' defaults of
@@ -259,7 +259,8 @@ class ChatVideoAdapter:
         # M-RoPE ids [3, L] become [3, batch, L]; 1-D ids [1, L] are already [batch, L]
         pos = positions[:, None] if self.POSITION_ROWS > 1 else positions
         out = self.model(inputs_embeds=emb[None], position_ids=pos.to(dev), attention_mask=mask,
-                         past_key_values=past, use_cache=use_cache, logits_to_keep=1)
+                         past_key_values=past, use_cache=use_cache, logits_to_keep=1,
+                         **flash_kwargs(self.model, emb.shape[0], seen + emb.shape[0], dev))
         return out.logits[0, -1], out.past_key_values
 
     def reference_attention(self, layer: int):

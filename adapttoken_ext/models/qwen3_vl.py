@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import torch
 
+from .attention_hook import flash_kwargs
 from .base import DecodeState, Prompt, Sequence, Visual
 from .common import execution_device
 from .qwen2_5_vl import Qwen2_5_VLAdapter
@@ -110,7 +111,8 @@ class Qwen3VLAdapter(Qwen2_5_VLAdapter):
         # 3-row position ids: transformers takes no text row from them, so a pruned
         # (non-contiguous) sequence is not read as packed; no mask is needed for one sequence
         dev = self.input_device
+        seen = past.get_seq_length() if past is not None else 0
         out = self.model(input_ids=ids[None].to(dev), position_ids=positions[:, None].to(dev),
                          past_key_values=past, use_cache=use_cache, logits_to_keep=1,
-                         mm_encoder_outputs=mm)
+                         mm_encoder_outputs=mm, **flash_kwargs(self.model, len(ids), seen + len(ids), dev))
         return out.logits[0, -1], out.past_key_values
