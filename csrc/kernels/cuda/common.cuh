@@ -9,6 +9,7 @@
 #include <cstdint>
 
 #include "../common.h"
+#include "launch.cuh"
 
 namespace adapttoken::cuda {
 

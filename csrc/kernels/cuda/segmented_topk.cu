@@ -153,24 +153,24 @@ size_t segmented_topk_workspace_bytes(int64_t G, int64_t total, bool sort_by_ind
 cudaError_t segmented_topk(const SegmentedTopkParams& p, cudaStream_t stream) {
   if (p.G == 0) return cudaSuccess;
   Workspace w = carve(p.workspace, p.G, p.total, p.sort_by_index);
-  exclusive_scan_kernel<<<1, 1, 0, stream>>>(p.k, p.G, w.out_offsets);
+  ADAPTTOKEN_LAUNCH(exclusive_scan_kernel, 1, 1, 0, stream)(p.k, p.G, w.out_offsets);
   for (int64_t g0 = 0; g0 < p.G; g0 += 65535) {  // grid.x limit is large; keep launches modest
     SegmentedTopkParams q = p;
     q.offsets = p.offsets + g0;
     q.k = p.k + g0;
     q.G = p.G - g0 < 65535 ? p.G - g0 : 65535;
-    select_kernel<<<unsigned(q.G), kThreads, 0, stream>>>(q, w.out_offsets + g0);
+    ADAPTTOKEN_LAUNCH(select_kernel, unsigned(q.G), kThreads, 0, stream)(q, w.out_offsets + g0);
   }
   if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
   if (p.sort_by_index || p.total == 0) return cudaSuccess;
   const unsigned blocks = unsigned((p.total + 255) / 256);
-  make_sort_keys<<<blocks, 256, 0, stream>>>(p.values, p.indices, p.total, w.keys_in);
+  ADAPTTOKEN_LAUNCH(make_sort_keys, blocks, 256, 0, stream)(p.values, p.indices, p.total, w.keys_in);
   size_t bytes = w.cub_bytes;
   cudaError_t e = cub::DeviceSegmentedRadixSort::SortPairsDescending(
       w.cub_temp, bytes, w.keys_in, w.keys_out, p.indices, w.idx_out, p.total, p.G,
       w.out_offsets, w.out_offsets + 1, 0, 64, stream);
   if (e != cudaSuccess) return e;
-  gather_values<<<blocks, 256, 0, stream>>>(p.scores, p.scores_stride, w.idx_out, p.total,
+  ADAPTTOKEN_LAUNCH(gather_values, blocks, 256, 0, stream)(p.scores, p.scores_stride, w.idx_out, p.total,
                                             p.values, p.indices);
   return cudaGetLastError();
 }

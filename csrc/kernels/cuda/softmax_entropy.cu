@@ -109,7 +109,7 @@ cudaError_t softmax_entropy(const SoftmaxEntropyParams& p, cudaStream_t stream) 
     q.rows = p.rows - r0 < kMaxGrid ? p.rows - r0 : kMaxGrid;
     q.logits = static_cast<const scalar_t*>(p.logits) + r0 * p.row_stride;
     q.out = p.out + r0;
-    entropy_kernel<scalar_t><<<unsigned(q.rows), kThreads, 0, stream>>>(q);
+    ADAPTTOKEN_LAUNCH(entropy_kernel<scalar_t>, unsigned(q.rows), kThreads, 0, stream)(q);
   }
   return cudaGetLastError();
 }
