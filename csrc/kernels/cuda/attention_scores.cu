@@ -130,7 +130,7 @@ __global__ void __launch_bounds__(kThreads) scores_kernel(AttentionScoresParams 
       const scalar_t* qrow = q + b * p.q_stride[0] + h * p.q_stride[1] + i * p.q_stride[2];
       const float s = dot_row(p, qrow, ks + lane * (D + 1)) * p.scale;
       const float prob = visible ? expf(s - lse[(b * p.Hq + h) * T + r]) : 0.f;
-      acc = p.mean ? acc + prob : fmaxf(acc, prob);
+      acc = p.mean ? acc + prob : max_nan(acc, prob);
     }
   }
   red[warp * kTile + lane] = acc;
@@ -138,7 +138,7 @@ __global__ void __launch_bounds__(kThreads) scores_kernel(AttentionScoresParams 
   if (warp == 0 && j < p.visual_end) {
     float v = red[lane];
     for (int w = 1; w < kWarps; ++w)
-      v = p.mean ? v + red[w * kTile + lane] : fmaxf(v, red[w * kTile + lane]);
+      v = p.mean ? v + red[w * kTile + lane] : max_nan(v, red[w * kTile + lane]);
     if (p.mean) v /= float(p.Hq * T);
     p.out[b * (p.visual_end - p.visual_start) + (j - p.visual_start)] = v;
   }
