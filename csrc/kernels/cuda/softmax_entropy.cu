@@ -73,7 +73,8 @@ __global__ void __launch_bounds__(kThreads) entropy_kernel(SoftmaxEntropyParams 
     const uint4* v = reinterpret_cast<const uint4*>(row);
     for (int64_t i = threadIdx.x; i < nvec; i += kThreads) {
       const uint4 w = __ldg(v + i);
-      const scalar_t* e = reinterpret_cast<const scalar_t*>(&w);
+      scalar_t e[kVec];  // memcpy, not a scalar_t* into w: that breaks strict aliasing
+      memcpy(e, &w, sizeof w);
 #pragma unroll
       for (int j = 0; j < kVec; ++j) push(st, to_float_dev(e[j]) * inv_t);
     }
