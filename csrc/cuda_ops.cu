@@ -99,6 +99,12 @@ std::tuple<Tensor, Tensor> run_segmented_topk(const Tensor& like, const float* s
                                               const Tensor& k, int64_t G, int64_t total,
                                               bool sort_by_index, cudaStream_t stream,
                                               const char* op) {
+  // CUB's segmented sort counts items and segments in int (checked before allocating).
+  ADAPTTOKEN_CHECK(sort_by_index || (total <= cuda::kSegmentedSortMaxItems &&
+                                     G <= cuda::kSegmentedSortMaxItems),
+                   op, "sort_by_index=False sorts at most ", cuda::kSegmentedSortMaxItems,
+                   " selected scores in at most as many segments on CUDA (CUB counts in int), got ",
+                   total, " scores in ", G, " segments");
   Tensor values = torch::stable::new_empty(like, {total}, ScalarType::Float);
   Tensor indices = torch::stable::new_empty(like, {total}, ScalarType::Long);
   const Tensor off = torch::stable::contiguous(offsets), kk = torch::stable::contiguous(k);

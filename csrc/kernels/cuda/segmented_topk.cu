@@ -116,9 +116,10 @@ struct Workspace {
 
 size_t cub_sort_bytes(int64_t G, int64_t total) {
   size_t bytes = 0;
+  if (total > kSegmentedSortMaxItems || G > kSegmentedSortMaxItems) return 0;  // refused
   cub::DeviceSegmentedRadixSort::SortPairsDescending(
       nullptr, bytes, static_cast<const uint64_t*>(nullptr), static_cast<uint64_t*>(nullptr),
-      static_cast<const int64_t*>(nullptr), static_cast<int64_t*>(nullptr), total, G,
+      static_cast<const int64_t*>(nullptr), static_cast<int64_t*>(nullptr), int(total), int(G),
       static_cast<const int64_t*>(nullptr), static_cast<const int64_t*>(nullptr));
   return bytes;
 }
@@ -152,6 +153,8 @@ size_t segmented_topk_workspace_bytes(int64_t G, int64_t total, bool sort_by_ind
 
 cudaError_t segmented_topk(const SegmentedTopkParams& p, cudaStream_t stream) {
   if (p.G == 0) return cudaSuccess;
+  if (!p.sort_by_index && (p.total > kSegmentedSortMaxItems || p.G > kSegmentedSortMaxItems))
+    return cudaErrorInvalidValue;
   Workspace w = carve(p.workspace, p.G, p.total, p.sort_by_index);
   ADAPTTOKEN_LAUNCH(exclusive_scan_kernel, 1, 1, 0, stream)(p.k, p.G, w.out_offsets);
   for (int64_t g0 = 0; g0 < p.G; g0 += 65535) {  // grid.x limit is large; keep launches modest
@@ -167,7 +170,7 @@ cudaError_t segmented_topk(const SegmentedTopkParams& p, cudaStream_t stream) {
   ADAPTTOKEN_LAUNCH(make_sort_keys, blocks, 256, 0, stream)(p.values, p.indices, p.total, w.keys_in);
   size_t bytes = w.cub_bytes;
   cudaError_t e = cub::DeviceSegmentedRadixSort::SortPairsDescending(
-      w.cub_temp, bytes, w.keys_in, w.keys_out, p.indices, w.idx_out, p.total, p.G,
+      w.cub_temp, bytes, w.keys_in, w.keys_out, p.indices, w.idx_out, int(p.total), int(p.G),
       w.out_offsets, w.out_offsets + 1, 0, 64, stream);
   if (e != cudaSuccess) return e;
   ADAPTTOKEN_LAUNCH(gather_values, blocks, 256, 0, stream)(p.scores, p.scores_stride, w.idx_out, p.total,
