@@ -295,6 +295,13 @@ def test_topk_nan_inf_and_strided(order):
     check_topk(strided, torch.tensor([0, 1, 701]), torch.tensor([1, 333]))
 
 
+def test_topk_keys_differ_in_the_last_radix_byte(order2):
+    # Scores one ulp apart (1 + i 2^-23) share their top 24 bits: only the radix select's
+    # last 8-bit pass tells them apart.
+    scores = (1 + torch.randperm(300).double() * 2**-23).float()
+    check_topk(scores, torch.tensor([0, 300]), torch.tensor([100]))
+
+
 def test_topk_large_segment_many_chunks(order2):
     # 5000 scores: ten 512-thread compaction chunks, ties across chunk borders.
     scores = torch.randint(0, 50, (5000,)).float()
