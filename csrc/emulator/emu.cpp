@@ -113,6 +113,17 @@ struct Fiber {
   unsigned mask = 0;
   int param = 0, width = 32;
   uint64_t value = 0, result = 0;
+  const void* xin = nullptr;  // kExchange: this lane's bytes, and where all lanes' go
+  void* xout = nullptr;
+  size_t xbytes = 0;
+  struct Copy {
+    void* dst;
+    const void* src;
+    size_t bytes;
+    int group;
+  };
+  std::vector<Copy> copies;  // cp.async not yet waited for
+  int committed = 0;
 };
 
 struct Warp {
@@ -198,6 +209,8 @@ void yield_to_scheduler(bool exiting = false) {
 
 void start_fiber(Fiber& f, size_t i) {
   f.stack = stack_for(i);
+  f.copies.clear();
+  f.committed = 0;
 #if EMU_ASAN
   __asan_unpoison_memory_region(f.stack, kStackBytes);  // frames of an aborted launch
 #endif
@@ -244,7 +257,7 @@ bool same_site(const char* a, const char* b) { return a == b || std::strcmp(a, b
 const char* kind_name(Collective k) {
   static const char* names[] = {"__shfl_sync", "__shfl_up_sync", "__shfl_down_sync",
                                 "__shfl_xor_sync", "__any_sync", "__all_sync", "__ballot_sync",
-                                "__syncwarp"};
+                                "__syncwarp", "a warp-wide matrix instruction"};
   return names[k];
 }
 
@@ -270,6 +283,9 @@ void complete_collective(Warp& w, const Fiber& me) {
                  kind_name(me.kind) + " (" + me.site + ") with mask " + std::to_string(me.mask) +
                  " but lane " + std::to_string(l) + " is at " + kind_name(o.kind) + " (" +
                  o.site + ") with mask " + std::to_string(o.mask) + "; " + where(me));
+    if (o.xbytes != me.xbytes)
+      fail_fiber("warp exchange of " + std::to_string(me.xbytes) + " bytes but lane " +
+                 std::to_string(l) + " gives " + std::to_string(o.xbytes) + "; " + where(me));
     any |= o.value & 1;
     all &= o.value & 1;
     ballot |= (o.value & 1) << l;
@@ -295,6 +311,12 @@ void complete_collective(Warp& w, const Fiber& me) {
       case kAll: o.result = all; break;
       case kBallot: o.result = ballot; break;
       case kSyncWarp: o.result = 0; break;
+      case kExchange:
+        for (int src_lane = 0; src_lane < 32; ++src_lane)
+          if (me.mask >> src_lane & 1u)
+            std::memcpy(static_cast<char*>(o.xout) + size_t(src_lane) * o.xbytes,
+                        g_run.fibers[size_t(base + src_lane)].xin, o.xbytes);
+        break;
       default: o.result = g_run.fibers[size_t(base + src)].value;
     }
     o.state = State::Ready;
@@ -351,6 +373,32 @@ uint64_t warp_collective(const char* site, Collective kind, unsigned mask, uint6
     yield_to_scheduler();
   }
   return f.result;
+}
+
+void warp_exchange(const char* site, unsigned mask, const void* mine, void* all, size_t bytes) {
+  Fiber& f = g_run.fibers[size_t(g_thread->tid)];
+  f.xin = mine, f.xout = all, f.xbytes = bytes;
+  warp_collective(site, kExchange, mask, 0, 0, 32);
+  f.xbytes = 0;
+}
+
+void cp_async(void* dst, const void* src, size_t bytes) {
+  if ((reinterpret_cast<uintptr_t>(dst) | reinterpret_cast<uintptr_t>(src)) % bytes)
+    fail("cp.async of %zu bytes needs both addresses %zu-byte aligned", bytes, bytes);
+  Fiber& f = g_run.fibers[size_t(g_thread->tid)];
+  f.copies.push_back(Fiber::Copy{dst, src, bytes, f.committed});
+}
+
+void cp_async_commit() { ++g_run.fibers[size_t(g_thread->tid)].committed; }
+
+void cp_async_wait(int n) {
+  Fiber& f = g_run.fibers[size_t(g_thread->tid)];
+  size_t kept = 0;
+  for (const Fiber::Copy& c : f.copies) {
+    if (c.group < f.committed - n) std::memcpy(c.dst, c.src, c.bytes);
+    else f.copies[kept++] = c;
+  }
+  f.copies.resize(kept);
 }
 
 void syncthreads(const char* site) {

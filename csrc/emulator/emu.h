@@ -23,6 +23,7 @@
 #define __forceinline__ inline
 #define __noinline__ __attribute__((noinline))
 #define __launch_bounds__(...)
+#define __align__(n) __attribute__((aligned(n)))
 // A __shared__ variable is a static in one section: blocks run one at a time, so a
 // static is "per block", and the emulator fills the section with 0xff bytes (NaN as
 // float, -1 as int) before each block, as shared memory starts undefined.
@@ -52,12 +53,22 @@ extern uint3 g_block_idx;
 extern dim3 g_block_dim, g_grid_dim;
 extern unsigned char* g_dynamic_shared;
 
-enum Collective : int { kShflIdx, kShflUp, kShflDown, kShflXor, kAny, kAll, kBallot, kSyncWarp };
+enum Collective : int {
+  kShflIdx, kShflUp, kShflDown, kShflXor, kAny, kAll, kBallot, kSyncWarp, kExchange
+};
 
 // Blocks until every lane in `mask` reaches a collective of the same kind, mask and
 // call site; returns this lane's result (shuffles: the source lane's value).
 uint64_t warp_collective(const char* site, Collective kind, unsigned mask, uint64_t value,
                          int param, int width);
+// A rendezvous like warp_collective in which every lane in `mask` receives every such
+// lane's `bytes` bytes at all + lane * bytes: the data movement of mma.sync / ldmatrix.
+void warp_exchange(const char* site, unsigned mask, const void* mine, void* all, size_t bytes);
+// cp.async: a copy queued in this thread's open group, done when cp_async_wait(n) leaves
+// at most n newer committed groups pending (so reading before the wait sees garbage).
+void cp_async(void* shared_dst, const void* global_src, size_t bytes);
+void cp_async_commit();
+void cp_async_wait(int n);
 void syncthreads(const char* site);  // block barrier
 unsigned activemask();
 // CUB stand-ins: the block's barrier count, and the id of the running block.
@@ -102,7 +113,7 @@ T* dynamic_shared() {
 #define gridDim (::emu::g_grid_dim)
 
 #define __syncthreads() ::emu::syncthreads(EMU_SITE)
-#define __syncwarp(...) ::emu::syncwarp(EMU_SITE, ##__VA_ARGS__)
+#define __syncwarp(...) ::emu::syncwarp(EMU_SITE __VA_OPT__(, ) __VA_ARGS__)
 #define __shfl_sync(...) ::emu::shfl(EMU_SITE, ::emu::kShflIdx, __VA_ARGS__)
 #define __shfl_up_sync(...) ::emu::shfl(EMU_SITE, ::emu::kShflUp, __VA_ARGS__)
 #define __shfl_down_sync(...) ::emu::shfl(EMU_SITE, ::emu::kShflDown, __VA_ARGS__)

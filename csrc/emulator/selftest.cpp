@@ -8,11 +8,13 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <string>
 
 #include "../kernels/cuda/launch.cuh"
+#include "../kernels/cuda/mma.cuh"
 
 extern "C" void emu_set_order(int order, unsigned long long seed);
 
@@ -105,6 +107,69 @@ __global__ void writes_past_dynamic_shared(float*) {
   smem[64 + threadIdx.x] = 0.f;
 }
 
+// One warp: A [16][16] and B given as [8 n][16 k] (or, kTransB, as [16 k][8 n]) staged by
+// cp.async, fragments by ldmatrix, D = A B by mma.sync m16n8k16.
+template <bool kBf16, bool kTransB>
+__global__ void mma_tile(const unsigned short* a, const unsigned short* b, float* d) {
+  using namespace adapttoken::cuda;
+  __shared__ __align__(16) unsigned short as[16 * 16], bs[16 * 8];
+  const int lane = threadIdx.x;
+  cp_async_16(as + lane * 8, a + lane * 8);
+  if (lane < 16) cp_async_16(bs + lane * 8, b + lane * 8);
+  cp_async_commit();
+  cp_async_wait<0>();
+  __syncwarp();
+  uint32_t af[4], bf[2];
+  const int j = lane / 8, r = lane % 8;
+  ldmatrix_x4(af, as + (r + (j & 1) * 8) * 16 + (j >> 1) * 8);
+  const int jb = (lane / 8) % 2;
+  if (kTransB) ldmatrix_x2<true>(bf, bs + (jb * 8 + r) * 8);  // [k][n]: rows of 8 n
+  else ldmatrix_x2(bf, bs + r * 16 + jb * 8);                  // [n][k]: rows of 16 k
+  float acc[4] = {0.f, 0.f, 0.f, 0.f}, out[4];
+  if (kBf16) mma_m16n8k16_bf16(out, af, bf, acc);
+  else mma_m16n8k16_f16(out, af, bf, acc);
+  const int g = lane / 4, t = lane % 4;
+  d[g * 8 + 2 * t] = out[0], d[g * 8 + 2 * t + 1] = out[1];
+  d[(g + 8) * 8 + 2 * t] = out[2], d[(g + 8) * 8 + 2 * t + 1] = out[3];
+}
+
+__global__ void reads_before_cp_async_wait(const float* src, float* out) {
+  __shared__ __align__(16) float s[4 * 32];
+  adapttoken::cuda::cp_async_16(s + threadIdx.x * 4, src + threadIdx.x * 4);
+  adapttoken::cuda::cp_async_commit();
+  out[threadIdx.x] = s[threadIdx.x * 4];  // no cp_async_wait: still garbage
+  adapttoken::cuda::cp_async_wait<0>();
+  out[32 + threadIdx.x] = s[threadIdx.x * 4];
+}
+
+template <bool kBf16, bool kTransB>
+void check_mma(const char* what) {
+  alignas(16) unsigned short a[256], b[128];
+  float fa[16][16], fb[16][8], d[128];
+  for (int i = 0; i < 16; ++i)
+    for (int k = 0; k < 16; ++k) {
+      const float v = float((i * 7 + k * 3) % 11 - 5) / 4.f + (kBf16 ? 1.f / 64 : 1.f / 512) * float(k % 3);
+      a[i * 16 + k] = kBf16 ? __bfloat16_as_ushort(__float2bfloat16(v)) : __half_as_ushort(__float2half(v));
+      fa[i][k] = kBf16 ? __bfloat162float(__ushort_as_bfloat16(a[i * 16 + k])) : __half2float(__ushort_as_half(a[i * 16 + k]));
+    }
+  for (int k = 0; k < 16; ++k)
+    for (int n = 0; n < 8; ++n) {
+      const float v = float((k * 5 + n * 9) % 13 - 6) / 8.f;
+      const unsigned short h = kBf16 ? __bfloat16_as_ushort(__float2bfloat16(v)) : __half_as_ushort(__float2half(v));
+      b[kTransB ? k * 8 + n : n * 16 + k] = h;
+      fb[k][n] = kBf16 ? __bfloat162float(__ushort_as_bfloat16(h)) : __half2float(__ushort_as_half(h));
+    }
+  ADAPTTOKEN_LAUNCH((mma_tile<kBf16, kTransB>), 1, 32, 0, nullptr)(a, b, d);
+  bool ok = cudaGetLastError() == cudaSuccess;
+  for (int i = 0; i < 16; ++i)
+    for (int n = 0; n < 8; ++n) {
+      double want = 0;
+      for (int k = 0; k < 16; ++k) want += double(fa[i][k]) * fb[k][n];
+      ok &= std::fabs(d[i * 8 + n] - want) <= 1e-5 * (1 + std::fabs(want));
+    }
+  expect(ok, what);
+}
+
 }  // namespace
 
 int main() {
@@ -163,6 +228,16 @@ int main() {
   expect_error("grid 0x1x1", "an empty grid");
   ADAPTTOKEN_LAUNCH(shuffles, 1, 2048, 0, nullptr)(buf);
   expect_error("at most 1024 threads", "a block of 2048 threads");
+
+  check_mma<true, false>("mma.sync m16n8k16 bf16 via cp.async + ldmatrix.x4/.x2 = plain matmul");
+  check_mma<false, false>("mma.sync m16n8k16 fp16 = plain matmul");
+  check_mma<true, true>("ldmatrix .trans for B stored [k][n] = plain matmul");
+  alignas(16) float src[128];
+  for (int i = 0; i < 128; ++i) src[i] = float(i);
+  float got[64];
+  ADAPTTOKEN_LAUNCH(reads_before_cp_async_wait, 1, 32, 0, nullptr)(src, got);
+  expect(cudaGetLastError() == cudaSuccess && got[0] != got[0] && got[32] == 0.f && got[63] == 124.f,
+         "cp.async data is garbage before cp_async_wait, there after");
 
   // 16-bit types: exact values, rounding to nearest even, NaN and infinities.
   expect(__bfloat162float(__float2bfloat16(1.00390625f)) == 1.0f &&    // tie -> even
