@@ -88,12 +88,13 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// Composite sort keys: larger = larger score, then lower index.
-__global__ void make_sort_keys(const float* values, const int64_t* indices, int64_t total,
-                               uint64_t* keys) {
+// Composite sort keys: larger = larger score, then lower index. select_kernel writes each
+// segment in index order, so the output position i orders ties as the index does, and it
+// fits the low 32 bits (total <= kSegmentedSortMaxItems) where an index above 2^32 would not.
+__global__ void make_sort_keys(const float* values, int64_t total, uint64_t* keys) {
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < total)
-    keys[i] = (uint64_t(orderable_bits(values[i])) << 32) | uint64_t(0xffffffffu - uint32_t(indices[i]));
+    keys[i] = (uint64_t(orderable_bits(values[i])) << 32) | uint64_t(0xffffffffu - uint32_t(i));
 }
 
 __global__ void gather_values(const float* scores, int64_t stride, const int64_t* indices,
@@ -167,7 +168,7 @@ cudaError_t segmented_topk(const SegmentedTopkParams& p, cudaStream_t stream) {
   if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
   if (p.sort_by_index || p.total == 0) return cudaSuccess;
   const unsigned blocks = unsigned((p.total + 255) / 256);
-  ADAPTTOKEN_LAUNCH(make_sort_keys, blocks, 256, 0, stream)(p.values, p.indices, p.total, w.keys_in);
+  ADAPTTOKEN_LAUNCH(make_sort_keys, blocks, 256, 0, stream)(p.values, p.total, w.keys_in);
   size_t bytes = w.cub_bytes;
   cudaError_t e = cub::DeviceSegmentedRadixSort::SortPairsDescending(
       w.cub_temp, bytes, w.keys_in, w.keys_out, p.indices, w.idx_out, int(p.total), int(p.G),
