@@ -46,6 +46,8 @@ BUGS = {
     "scan_storage_reused": (K + "segmented_topk.cu",
                             "BlockScan(scan_storage).ExclusiveSum(tie, tie_rank, tie_total);\n    __syncthreads();",
                             "BlockScan(scan_storage).ExclusiveSum(tie, tie_rank, tie_total);", "topk or select"),
+    "sort_tie_order_reversed": (K + "segmented_topk.cu", "uint64_t(0xffffffffu - uint32_t(i));",
+                                "uint64_t(uint32_t(i));", "topk"),
     "dropped_halo": (K + "local_entropy.cu", "c0w = max(int64_t(0), w0 - r);", "c0w = w0;", "local"),
     "dropped_right_halo": (K + "local_entropy.cu", "min(p.W, w0 + tw + r) - c0w", "min(p.W, w0 + tw) - c0w",
                            "local"),
