@@ -4,7 +4,9 @@ Install with ``pip install --no-build-isolation .`` so the build sees the torch 
 run with (build isolation would fetch another torch). Switches:
   ADAPTTOKEN_SKIP_CUDA=1   build CPU kernels only, even with CUDA torch and nvcc;
   ADAPTTOKEN_FORCE_CUDA=1  build the CUDA kernels even where torch sees no GPU;
-  TORCH_CUDA_ARCH_LIST     CUDA archs, default "8.0;9.0a".
+  TORCH_CUDA_ARCH_LIST     CUDA archs, default "8.0+PTX;9.0a;10.0;12.0": SASS for
+                           Ampere, Hopper and Blackwell (sm_100, sm_120), and compute_80
+                           PTX that the driver JIT-compiles for any newer GPU.
 The library uses only the LibTorch stable ABI (torch >= 2.10), so one build
 serves later torch releases too.
 """
@@ -38,7 +40,7 @@ def extension():
     want_cuda = not _flag("ADAPTTOKEN_SKIP_CUDA") and (
         _flag("ADAPTTOKEN_FORCE_CUDA") or (torch.version.cuda and torch.cuda.is_available()))
     if want_cuda and cuda_sources and CUDA_HOME is not None:
-        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0a")
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0+PTX;9.0a;10.0;12.0")
         return CUDAExtension(
             "adapttoken_ext._C", cpu_sources + cuda_sources, py_limited_api=True,
             extra_compile_args={"cxx": cxx + ["-DUSE_CUDA"],

@@ -16,6 +16,7 @@
 
 #include "bindings.h"
 #include "kernels/cuda/attention_scores.cuh"
+#include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/local_entropy.cuh"
 #include "kernels/cuda/segmented_topk.cuh"
 #include "kernels/cuda/softmax_entropy.cuh"
@@ -98,6 +99,12 @@ std::tuple<Tensor, Tensor> run_segmented_topk(const Tensor& like, const float* s
                                               const Tensor& k, int64_t G, int64_t total,
                                               bool sort_by_index, cudaStream_t stream,
                                               const char* op) {
+  // CUB's segmented sort counts items and segments in int (checked before allocating).
+  ADAPTTOKEN_CHECK(sort_by_index || (total <= cuda::kSegmentedSortMaxItems &&
+                                     G <= cuda::kSegmentedSortMaxItems),
+                   op, "sort_by_index=False sorts at most ", cuda::kSegmentedSortMaxItems,
+                   " selected scores in at most as many segments on CUDA (CUB counts in int), got ",
+                   total, " scores in ", G, " segments");
   Tensor values = torch::stable::new_empty(like, {total}, ScalarType::Float);
   Tensor indices = torch::stable::new_empty(like, {total}, ScalarType::Long);
   const Tensor off = torch::stable::contiguous(offsets), kk = torch::stable::contiguous(k);
@@ -209,14 +216,14 @@ std::tuple<Tensor, Tensor> select(Tensor query, Tensor key, int64_t query_start,
                        static_cast<float*>(scores.mutable_data_ptr()), stream, op);
   const Tensor off_in = torch::stable::contiguous(visual_offsets);
   Tensor off = torch::stable::new_empty(visual_offsets, {G + 1}, ScalarType::Long);
-  shift_offsets<<<unsigned((G + 256) / 256), 256, 0, stream>>>(
+  ADAPTTOKEN_LAUNCH(shift_offsets, unsigned((G + 256) / 256), 256, 0, stream)(
       static_cast<const int64_t*>(off_in.const_data_ptr()), G + 1, v0,
       static_cast<int64_t*>(off.mutable_data_ptr()));
   auto [values, indices] = run_segmented_topk(query, static_cast<const float*>(scores.const_data_ptr()),
                                               1, off, budgets, G, total, /*sort_by_index=*/true,
                                               stream, op);
   if (total > 0)
-    add_offset<<<unsigned((total + 255) / 256), 256, 0, stream>>>(
+    ADAPTTOKEN_LAUNCH(add_offset, unsigned((total + 255) / 256), 256, 0, stream)(
         static_cast<int64_t*>(indices.mutable_data_ptr()), total, v0);
   cuda_check(cudaGetLastError(), op);
   return {indices, values};

@@ -43,7 +43,7 @@ __device__ __forceinline__ float dot_row(const AttentionScoresParams& p, const s
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads) lse_partial_kernel(AttentionScoresParams p, int64_t S,
                                                                float* part) {
-  extern __shared__ float smem[];
+  ADAPTTOKEN_DYNAMIC_SHARED(float, smem);
   const int64_t split = blockIdx.x, b = blockIdx.y / p.Hkv, kvh = blockIdx.y % p.Hkv;
   const int64_t G = p.Hq / p.Hkv, T = p.Lq - p.query_start;
   const int64_t r0 = int64_t(blockIdx.z) * kRowChunk;
@@ -107,7 +107,7 @@ __global__ void lse_combine_kernel(const float* part, int64_t rows, int64_t S, f
 // Pass 2: one block per (tile of 32 visual keys, batch); every head and used row.
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads) scores_kernel(AttentionScoresParams p, const float* lse) {
-  extern __shared__ float smem[];
+  ADAPTTOKEN_DYNAMIC_SHARED(float, smem);
   const int64_t b = blockIdx.y;
   const int64_t t0 = p.visual_start + int64_t(blockIdx.x) * kTile;
   const int64_t G = p.Hq / p.Hkv, T = p.Lq - p.query_start;
@@ -130,14 +130,15 @@ __global__ void __launch_bounds__(kThreads) scores_kernel(AttentionScoresParams 
       const scalar_t* qrow = q + b * p.q_stride[0] + h * p.q_stride[1] + i * p.q_stride[2];
       const float s = dot_row(p, qrow, ks + lane * (D + 1)) * p.scale;
       const float prob = visible ? expf(s - lse[(b * p.Hq + h) * T + r]) : 0.f;
-      acc = p.mean ? acc + prob : fmaxf(acc, prob);
+      acc = p.mean ? acc + prob : max_nan(acc, prob);
     }
   }
   red[warp * kTile + lane] = acc;
   __syncthreads();
   if (warp == 0 && j < p.visual_end) {
     float v = red[lane];
-    for (int w = 1; w < kWarps; ++w) v = p.mean ? v + red[w * kTile + lane] : fmaxf(v, red[w * kTile + lane]);
+    for (int w = 1; w < kWarps; ++w)
+      v = p.mean ? v + red[w * kTile + lane] : max_nan(v, red[w * kTile + lane]);
     if (p.mean) v /= float(p.Hq * T);
     p.out[b * (p.visual_end - p.visual_start) + (j - p.visual_start)] = v;
   }
@@ -167,10 +168,10 @@ cudaError_t attention_scores(const AttentionScoresParams& p, cudaStream_t stream
                            int(smem2));
   if (e != cudaSuccess) return e;
   const dim3 grid1(unsigned(S), unsigned(p.B * p.Hkv), unsigned((T + kRowChunk - 1) / kRowChunk));
-  lse_partial_kernel<scalar_t><<<grid1, kThreads, smem1, stream>>>(p, S, part);
-  lse_combine_kernel<<<unsigned((rows + 255) / 256), 256, 0, stream>>>(part, rows, S, lse);
+  ADAPTTOKEN_LAUNCH(lse_partial_kernel<scalar_t>, grid1, kThreads, smem1, stream)(p, S, part);
+  ADAPTTOKEN_LAUNCH(lse_combine_kernel, unsigned((rows + 255) / 256), 256, 0, stream)(part, rows, S, lse);
   const dim3 grid2(unsigned((V + kTile - 1) / kTile), unsigned(p.B));
-  scores_kernel<scalar_t><<<grid2, kThreads, smem2, stream>>>(p, lse);
+  ADAPTTOKEN_LAUNCH(scores_kernel<scalar_t>, grid2, kThreads, smem2, stream)(p, lse);
   return cudaGetLastError();
 }
 

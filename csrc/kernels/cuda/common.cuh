@@ -9,6 +9,7 @@
 #include <cstdint>
 
 #include "../common.h"
+#include "launch.cuh"
 
 namespace adapttoken::cuda {
 
@@ -36,6 +37,10 @@ __device__ __forceinline__ float warp_max(float x) {
   for (int o = 16; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(kFullMask, x, o));
   return x;
 }
+
+// The larger of a and b, NaN if either is NaN (fmaxf drops NaN), as torch.amax and the
+// CPU kernels do.
+__device__ __forceinline__ float max_nan(float a, float b) { return (a != a || a > b) ? a : b; }
 
 __device__ __forceinline__ float warp_sum(float x) {
   for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(kFullMask, x, o);

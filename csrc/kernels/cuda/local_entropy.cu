@@ -24,7 +24,7 @@ Layout make_layout(int k) {
 
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads) local_entropy_kernel(LocalEntropyParams p, Layout l) {
-  extern __shared__ float smem[];
+  ADAPTTOKEN_DYNAMIC_SHARED(float, smem);
   const int k = l.k, r = l.r, kk = k * k;
   float* tile = smem;                                  // [k rows][cols][ld] fp32 channels
   float* acc = tile + size_t(k) * l.cols * l.ld;       // [kTile][k * k] partial dots
@@ -112,7 +112,7 @@ cudaError_t local_entropy(const LocalEntropyParams& p, cudaStream_t stream) {
   const int64_t blocks = p.T * p.H * ((p.W + kTile - 1) / kTile);
   if (blocks == 0) return cudaSuccess;
   if (blocks > 2147483647) return cudaErrorInvalidConfiguration;
-  local_entropy_kernel<scalar_t><<<unsigned(blocks), kThreads, l.bytes(), stream>>>(p, l);
+  ADAPTTOKEN_LAUNCH(local_entropy_kernel<scalar_t>, unsigned(blocks), kThreads, l.bytes(), stream)(p, l);
   return cudaGetLastError();
 }
 

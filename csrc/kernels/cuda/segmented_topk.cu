@@ -88,12 +88,13 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// Composite sort keys: larger = larger score, then lower index.
-__global__ void make_sort_keys(const float* values, const int64_t* indices, int64_t total,
-                               uint64_t* keys) {
+// Composite sort keys: larger = larger score, then lower index. select_kernel writes each
+// segment in index order, so the output position i orders ties as the index does, and it
+// fits the low 32 bits (total <= kSegmentedSortMaxItems) where an index above 2^32 would not.
+__global__ void make_sort_keys(const float* values, int64_t total, uint64_t* keys) {
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < total)
-    keys[i] = (uint64_t(orderable_bits(values[i])) << 32) | uint64_t(0xffffffffu - uint32_t(indices[i]));
+    keys[i] = (uint64_t(orderable_bits(values[i])) << 32) | uint64_t(0xffffffffu - uint32_t(i));
 }
 
 __global__ void gather_values(const float* scores, int64_t stride, const int64_t* indices,
@@ -116,9 +117,10 @@ struct Workspace {
 
 size_t cub_sort_bytes(int64_t G, int64_t total) {
   size_t bytes = 0;
+  if (total > kSegmentedSortMaxItems || G > kSegmentedSortMaxItems) return 0;  // refused
   cub::DeviceSegmentedRadixSort::SortPairsDescending(
       nullptr, bytes, static_cast<const uint64_t*>(nullptr), static_cast<uint64_t*>(nullptr),
-      static_cast<const int64_t*>(nullptr), static_cast<int64_t*>(nullptr), total, G,
+      static_cast<const int64_t*>(nullptr), static_cast<int64_t*>(nullptr), int(total), int(G),
       static_cast<const int64_t*>(nullptr), static_cast<const int64_t*>(nullptr));
   return bytes;
 }
@@ -152,25 +154,27 @@ size_t segmented_topk_workspace_bytes(int64_t G, int64_t total, bool sort_by_ind
 
 cudaError_t segmented_topk(const SegmentedTopkParams& p, cudaStream_t stream) {
   if (p.G == 0) return cudaSuccess;
+  if (!p.sort_by_index && (p.total > kSegmentedSortMaxItems || p.G > kSegmentedSortMaxItems))
+    return cudaErrorInvalidValue;
   Workspace w = carve(p.workspace, p.G, p.total, p.sort_by_index);
-  exclusive_scan_kernel<<<1, 1, 0, stream>>>(p.k, p.G, w.out_offsets);
+  ADAPTTOKEN_LAUNCH(exclusive_scan_kernel, 1, 1, 0, stream)(p.k, p.G, w.out_offsets);
   for (int64_t g0 = 0; g0 < p.G; g0 += 65535) {  // grid.x limit is large; keep launches modest
     SegmentedTopkParams q = p;
     q.offsets = p.offsets + g0;
     q.k = p.k + g0;
     q.G = p.G - g0 < 65535 ? p.G - g0 : 65535;
-    select_kernel<<<unsigned(q.G), kThreads, 0, stream>>>(q, w.out_offsets + g0);
+    ADAPTTOKEN_LAUNCH(select_kernel, unsigned(q.G), kThreads, 0, stream)(q, w.out_offsets + g0);
   }
   if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
   if (p.sort_by_index || p.total == 0) return cudaSuccess;
   const unsigned blocks = unsigned((p.total + 255) / 256);
-  make_sort_keys<<<blocks, 256, 0, stream>>>(p.values, p.indices, p.total, w.keys_in);
+  ADAPTTOKEN_LAUNCH(make_sort_keys, blocks, 256, 0, stream)(p.values, p.total, w.keys_in);
   size_t bytes = w.cub_bytes;
   cudaError_t e = cub::DeviceSegmentedRadixSort::SortPairsDescending(
-      w.cub_temp, bytes, w.keys_in, w.keys_out, p.indices, w.idx_out, p.total, p.G,
+      w.cub_temp, bytes, w.keys_in, w.keys_out, p.indices, w.idx_out, int(p.total), int(p.G),
       w.out_offsets, w.out_offsets + 1, 0, 64, stream);
   if (e != cudaSuccess) return e;
-  gather_values<<<blocks, 256, 0, stream>>>(p.scores, p.scores_stride, w.idx_out, p.total,
+  ADAPTTOKEN_LAUNCH(gather_values, blocks, 256, 0, stream)(p.scores, p.scores_stride, w.idx_out, p.total,
                                             p.values, p.indices);
   return cudaGetLastError();
 }

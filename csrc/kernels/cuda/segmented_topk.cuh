@@ -29,9 +29,14 @@ struct SegmentedTopkParams {
   void* workspace;         // device, segmented_topk_workspace_bytes(...) bytes
 };
 
+// With sort_by_index false, CUB's segmented sort takes int counts: at most this many
+// selected items (total) and segments (G); segmented_topk refuses more.
+constexpr int64_t kSegmentedSortMaxItems = 2147483647;
+
 // Bytes of device workspace segmented_topk needs for these sizes.
 size_t segmented_topk_workspace_bytes(int64_t G, int64_t total, bool sort_by_index);
 
+// cudaErrorInvalidValue if !sort_by_index and total or G > kSegmentedSortMaxItems.
 cudaError_t segmented_topk(const SegmentedTopkParams& p, cudaStream_t stream);
 
 }  // namespace adapttoken::cuda

@@ -73,7 +73,8 @@ __global__ void __launch_bounds__(kThreads) entropy_kernel(SoftmaxEntropyParams 
     const uint4* v = reinterpret_cast<const uint4*>(row);
     for (int64_t i = threadIdx.x; i < nvec; i += kThreads) {
       const uint4 w = __ldg(v + i);
-      const scalar_t* e = reinterpret_cast<const scalar_t*>(&w);
+      scalar_t e[kVec];  // memcpy, not a scalar_t* into w: that breaks strict aliasing
+      memcpy(e, &w, sizeof w);
 #pragma unroll
       for (int j = 0; j < kVec; ++j) push(st, to_float_dev(e[j]) * inv_t);
     }
@@ -109,7 +110,7 @@ cudaError_t softmax_entropy(const SoftmaxEntropyParams& p, cudaStream_t stream) 
     q.rows = p.rows - r0 < kMaxGrid ? p.rows - r0 : kMaxGrid;
     q.logits = static_cast<const scalar_t*>(p.logits) + r0 * p.row_stride;
     q.out = p.out + r0;
-    entropy_kernel<scalar_t><<<unsigned(q.rows), kThreads, 0, stream>>>(q);
+    ADAPTTOKEN_LAUNCH(entropy_kernel<scalar_t>, unsigned(q.rows), kThreads, 0, stream)(q);
   }
   return cudaGetLastError();
 }

@@ -1,0 +1,2 @@
+// The CUDA kernel source, compiled by g++ against the emulator (see ../README.md).
+#include "../../kernels/cuda/softmax_entropy.cu"
