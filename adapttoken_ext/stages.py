@@ -28,7 +28,7 @@ import torch
 
 from . import ops, selection
 from .config import MC_INSTRUCTION, AdaptTokenConfig
-from .models.base import Clip, Prompt, Visual
+from .models.base import Clip, Prompt, Sequence, Visual
 from .video import VideoInfo, sample_frame_indices
 
 STAGES = ("decode", "vision_encoder", "group_prefill", "scoring", "entropy", "selection",
@@ -81,6 +81,9 @@ class Plan:
     option_ids: list[list[int]] | None
     stop_threshold: float
     max_new_tokens: int
+    full: Sequence | None = dataclasses.field(default=None, repr=False)
+    """The whole video's unpruned sequence (built by the position check; the final pass
+    prunes it)."""
 
     @property
     def tokens_per_unit(self) -> int:
@@ -92,6 +95,12 @@ class Plan:
 
     def unit_frames(self, units) -> list[int]:
         return [self.frames[u * self.unit + j] for u in units for j in range(self.unit)]
+
+    def full_sequence(self, adapter) -> Sequence:
+        """The whole video's unpruned sequence by the adapter's rules (built once)."""
+        if self.full is None:
+            self.full = adapter.sequence(self.prompt, self.clip(range(self.num_units), whole_video=True), self.grid)
+        return self.full
 
     def clip(self, units, whole_video: bool = False) -> Clip:
         """A group (a short video whose units are ``group_stride`` apart) or the whole video."""
@@ -175,7 +184,7 @@ def check_positions(adapter, plan: Plan, budget: int) -> None:
     limit = getattr(adapter.text_config, "max_position_embeddings", None)
     if not limit:
         return
-    full = adapter.sequence(plan.prompt, plan.clip(range(plan.num_units), whole_video=True), plan.grid)
+    full = plan.full_sequence(adapter)
     last = full.final_position_bound(budget) + plan.max_new_tokens
     if last >= limit:
         what = ("lower budget or frames (each kept frame's text counts)" if full.compact
@@ -481,8 +490,7 @@ def final_pass(adapter, plan: Plan, keys: torch.Tensor, visual: Visual,
     ``keys`` ascending, ``visual`` in the same order."""
     timer = timer or Timer()
     with timer("final_prefill"):
-        full = adapter.sequence(plan.prompt, plan.clip(range(plan.num_units), whole_video=True), plan.grid)
-        logits, state = adapter.prefill(full.prune(keys), visual, use_cache=True)
+        logits, state = adapter.prefill(plan.full_sequence(adapter).prune(keys), visual, use_cache=True)
     with timer("generate"):
         return greedy_decode(adapter, logits, state, plan.max_new_tokens)
 

@@ -37,7 +37,7 @@ def test_prune_keeps_prompt_kept_tokens_and_their_units_text(keep):
 def test_compact_prune_renumbers_kept_columns_in_order(keep):
     """1-D RoPE (method.md step 9): the same columns, at 0..len-1 on every row, decoding
     from len; the full sequence's next_position is dropped."""
-    seq, cols = _sequence()
+    seq, _ = _sequence()
     seq.compact = True
     got = seq.prune(torch.tensor(keep, dtype=torch.long))
     full = _sequence()[0].prune(torch.tensor(keep, dtype=torch.long))
