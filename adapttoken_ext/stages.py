@@ -1,7 +1,8 @@
 """The stages of AdaptToken (method.md steps 0-9), each a function on an adapter and tensors.
 
 - :func:`make_plan` (steps 0-1): frames, sizes, groups, prompt, every check of the
-  configuration against the video and the model, before any model work.
+  configuration against the video and the model (positions within the trained context,
+  step 9), before any model work.
 - :func:`encode_group` (step 1): decode and vision tower; independent of the question, so
   one encoding can serve several questions about the same video.
 - :func:`score_group` (steps 2-4): the group pass for a question: attention scores of the
@@ -9,7 +10,8 @@
 - :func:`scan_groups` (steps 2-4 and 8): every group in turn, with Lite's stop, keeping a
   bounded pool of candidates (:class:`CandidatePool`).
 - :func:`allocate_and_select` (steps 5-7): budgets, per-group top-k, redundancy removal.
-- :func:`final_pass` (step 9): the kept tokens at their full-video positions, greedy decoding.
+- :func:`final_pass` (step 9): the kept tokens (M-RoPE: at their full-video positions; 1-D
+  RoPE: compact), greedy decoding.
 
 The adapter (:class:`~adapttoken_ext.models.base.VideoAdapter`) hides the model family.
 """
@@ -26,7 +28,7 @@ import torch
 
 from . import ops, selection
 from .config import MC_INSTRUCTION, AdaptTokenConfig
-from .models.base import Clip, Prompt, Visual
+from .models.base import Clip, Prompt, Sequence, Visual
 from .video import VideoInfo, sample_frame_indices
 
 STAGES = ("decode", "vision_encoder", "group_prefill", "scoring", "entropy", "selection",
@@ -79,6 +81,9 @@ class Plan:
     option_ids: list[list[int]] | None
     stop_threshold: float
     max_new_tokens: int
+    full: Sequence | None = dataclasses.field(default=None, repr=False)
+    """The whole video's unpruned sequence (built by the position check; the final pass
+    prunes it)."""
 
     @property
     def tokens_per_unit(self) -> int:
@@ -90,6 +95,12 @@ class Plan:
 
     def unit_frames(self, units) -> list[int]:
         return [self.frames[u * self.unit + j] for u in units for j in range(self.unit)]
+
+    def full_sequence(self, adapter) -> Sequence:
+        """The whole video's unpruned sequence by the adapter's rules (built once)."""
+        if self.full is None:
+            self.full = adapter.sequence(self.prompt, self.clip(range(self.num_units), whole_video=True), self.grid)
+        return self.full
 
     def clip(self, units, whole_video: bool = False) -> Clip:
         """A group (a short video whose units are ``group_stride`` apart) or the whole video."""
@@ -121,10 +132,12 @@ def parse_options(options) -> list[str]:
 def make_plan(adapter, info: VideoInfo, cfg: AdaptTokenConfig, question: str,
               options: list[str] | None) -> Plan:
     """Sample frames, size them, group the units, render the prompt (method.md steps 0-1),
-    and check every setting that depends on the video or the model.
+    and check every setting that depends on the video or the model, including that the
+    final pass stays within the model's positions (:func:`check_positions`, step 9).
 
     Raises:
-        ValueError: naming ``question``, ``options`` or the config field at fault.
+        ValueError: naming ``question``, ``options`` or the config field at fault
+            (``frames``/``budget`` for positions past ``max_position_embeddings``).
     """
     cfg.validate()
     if not isinstance(question, str) or not question.strip():
@@ -147,7 +160,7 @@ def make_plan(adapter, info: VideoInfo, cfg: AdaptTokenConfig, question: str,
         len(letters) if option_ids else None)
     if not info.fps > 0:  # a stream without a rate: 1 frame per second
         info = dataclasses.replace(info, fps=1.0)
-    return Plan(
+    plan = Plan(
         unit=adapter.unit, frames=idx, frame_times_s=[info.frame_time(i) for i in idx], size=(H, W),
         grid=(rows, cols), groups=groups, capacity=capacity,
         # the processor's rule: temporal patch size / sampling rate (frames over the duration)
@@ -155,6 +168,30 @@ def make_plan(adapter, info: VideoInfo, cfg: AdaptTokenConfig, question: str,
         group_stride=len(groups) if cfg.group_layout == "interleaved" else 1,
         prompt=adapter.prompt(question, options, instruction), option_ids=option_ids,
         stop_threshold=tau, max_new_tokens=cfg.max_new_tokens or (16 if letters else 128))
+    check_positions(adapter, plan, cfg.budget)
+    return plan
+
+
+def check_positions(adapter, plan: Plan, budget: int) -> None:
+    """No position of the final pass may reach the language model's
+    ``max_position_embeddings`` (method.md step 9): the prefill's largest possible position
+    (:meth:`~.models.base.Sequence.final_position_bound` of the full sequence) plus the
+    ``max_new_tokens`` generated tokens. Integer work on the whole video's sequence only.
+
+    Raises:
+        ValueError: naming ``frames``/``budget``, with the positions needed and the limit.
+    """
+    limit = getattr(adapter.text_config, "max_position_embeddings", None)
+    if not limit:
+        return
+    full = plan.full_sequence(adapter)
+    last = full.final_position_bound(budget) + plan.max_new_tokens
+    if last >= limit:
+        what = ("lower budget or frames (each kept frame's text counts)" if full.compact
+                else "lower frames (M-RoPE positions span the whole video)")
+        raise ValueError(f"frames/budget: the final pass could reach position {last} with "
+                         f"{len(plan.frames)} frames and budget {budget}, past the model's "
+                         f"max_position_embeddings {limit}; {what}")
 
 
 # ---- encoding and scoring one group (steps 1-4) -------------------------------------------
@@ -448,20 +485,21 @@ def entropyselect(adapter, reader, plan: Plan, cfg: AdaptTokenConfig, timer: Tim
 def final_pass(adapter, plan: Plan, keys: torch.Tensor, visual: Visual,
                timer: Timer | None = None) -> list[int]:
     """Answer from the kept tokens (method.md step 9): the full unpruned sequence from the
-    adapter's rules, its kept columns (positions unchanged), one prefill, greedy decoding.
+    adapter's rules, its kept columns in original order (M-RoPE: at their full-video
+    positions; 1-D RoPE: at compact positions ``0..len-1``), one prefill, greedy decoding.
     ``keys`` ascending, ``visual`` in the same order."""
     timer = timer or Timer()
     with timer("final_prefill"):
-        full = adapter.sequence(plan.prompt, plan.clip(range(plan.num_units), whole_video=True), plan.grid)
-        logits, state = adapter.prefill(full.prune(keys), visual, use_cache=True)
+        logits, state = adapter.prefill(plan.full_sequence(adapter).prune(keys), visual, use_cache=True)
     with timer("generate"):
         return greedy_decode(adapter, logits, state, plan.max_new_tokens)
 
 
 def greedy_decode(adapter, logits, state, max_new_tokens: int) -> list[int]:
     """Greedy generation after a prefill (method.md step 9): the adapter's decode state
-    places generated token ``s`` at the full sequence's maximum position + 1 + s. Stops at
-    any of ``adapter.eos_token_ids``."""
+    places generated token ``s`` at the pruned sequence's ``next_position + s`` (M-RoPE:
+    the full sequence's maximum position + 1; 1-D RoPE: the pruned length). Stops at any
+    of ``adapter.eos_token_ids``."""
     out = []
     for step in range(max_new_tokens):
         nxt = int(logits.argmax())

@@ -6,7 +6,8 @@ itself cannot be built here, its video processor needs torchvision) with the att
 processor reads from the tokenizer, ``GotOcr2ImageProcessorPil`` (InternVL's image processor:
 rescale and normalise each 112 px tile, the video processor's per-frame rule), the model's own
 forward, ``get_image_features`` and ``generate``. Hand-written here: which columns a pruned
-run keeps (from the expanded text's tokens), greedy decoding by full recomputation.
+run keeps (from the expanded text's tokens), greedy decoding by full recomputation at the
+compact positions of method.md step 9.
 """
 import json
 import math
@@ -24,6 +25,7 @@ from test_pipeline import (
     _decode_all,
     _letter_entropy,
     _write_video,
+    greedy_by_recomputation,
 )
 
 from adapttoken_ext import AdaptToken, AdaptTokenConfig, stages
@@ -136,10 +138,11 @@ def test_keep_all_matches_transformers_generate(tiny_dir, tile_video, monkeypatc
     assert ids[0] == hf[:cut] and len(ids[0]) >= 1
 
 
-def test_pruned_decoding_at_unpruned_positions(tiny_dir, tile_video, monkeypatch):
+def test_pruned_decoding_at_compact_positions(tiny_dir, tile_video, monkeypatch):
     """A run that drops whole frames: the kept columns of HF's unpruned input (a fully dropped
-    frame loses its "\\nFrame{i}: <img>...</img>" text too), each at its unpruned position,
-    then greedy decoding by full recomputation with token s at L_full + s."""
+    frame loses its "\\nFrame{i}: <img>...</img>" text too; kept frames keep their
+    full-video label), at compact positions 0..len-1 (method.md step 9), then greedy decoding
+    by full recomputation through HF's forward with token s at len + s."""
     at = _pipeline(tiny_dir, units_per_group=8, budget=24, group_layout="contiguous",
                    force_stop_after=2, max_new_tokens=10, **ALL)
     spy, ids = Spy(at.adapter), _capture_ids(monkeypatch)
@@ -167,32 +170,19 @@ def test_pruned_decoding_at_unpruned_positions(tiny_dir, tile_video, monkeypatch
                 drop[int(starts[f]) + 1 + j] = 16 * f + j not in keys
     cols = (~drop).nonzero().flatten()
     final = [c for c in spy.calls if c["use_cache"]][0]["seq"]
-    assert torch.equal(final.input_ids, full[cols]) and torch.equal(final.positions[0], cols)
-    assert final.next_position == full.numel()
+    n = cols.numel()
+    assert torch.equal(final.input_ids, full[cols]) and torch.equal(final.positions, torch.arange(n)[None])
+    assert final.next_position == n < full.numel()
+    labels = tok.decode(full[cols])
+    assert all(f"Frame{f + 1}: " in labels for f in kept_frames)  # full-video numbers
+    assert not any(f"Frame{f + 1}: " in labels for f in set(range(32)) - kept_frames)
     with torch.no_grad():
         emb = model.get_input_embeddings()(full)
         emb[full == model.config.image_token_id] = model.model.get_image_features(
             inp["pixel_values"], return_dict=True).pooler_output.flatten(0, 1)
-    want = greedy_by_recomputation(model, emb[cols], cols, full.numel(), 10)
+    want = greedy_by_recomputation(model, emb[cols], torch.arange(n), n, 10, {model.generation_config.eos_token_id})
     assert len(want) >= 8
     assert ids[0] == want
-
-
-@torch.no_grad()
-def greedy_by_recomputation(model, emb, pos, next_position, steps):
-    """Greedy ids from input embeddings ``[L, hidden]`` at 1-D positions ``pos`` ``[L]``, one
-    full forward per token, generated token s at ``next_position + s``."""
-    out = []
-    for s in range(steps):
-        logits = model(inputs_embeds=emb[None], position_ids=pos[None],
-                       attention_mask=torch.ones(1, emb.shape[0], dtype=torch.long)).logits[0, -1]
-        t = int(logits.argmax())
-        if t == model.generation_config.eos_token_id:
-            break
-        out.append(t)
-        emb = torch.cat([emb, model.get_input_embeddings()(torch.tensor([t]))])
-        pos = torch.cat([pos, torch.tensor([next_position + s])])
-    return out
 
 
 def test_cli_answer_writes_json(tiny_dir, tmp_path, capsys):

@@ -8,7 +8,8 @@ processor cannot be built here, its video processor needs torchvision) with the 
 ``LlavaOnevisionImageProcessorPil`` (resize to ``size``, rescale, normalise: the video
 processor's per-frame rule), the model's own forward, ``get_video_features`` (SigLIP, 2x2
 bilinear pooling, trailing newline) and ``generate``. Hand-written here: which columns a pruned
-run keeps, greedy decoding by full recomputation (``test_internvl.greedy_by_recomputation``).
+run keeps, greedy decoding by full recomputation at compact positions
+(``test_pipeline.greedy_by_recomputation``).
 """
 import json
 import math
@@ -18,7 +19,6 @@ import av
 import numpy as np
 import pytest
 import torch
-from test_internvl import greedy_by_recomputation
 from test_pipeline import (
     OPTIONS,
     QUESTION,
@@ -27,6 +27,7 @@ from test_pipeline import (
     _decode_all,
     _letter_entropy,
     _write_video,
+    greedy_by_recomputation,
 )
 
 from adapttoken_ext import AdaptToken, AdaptTokenConfig, stages
@@ -138,10 +139,10 @@ def test_keep_all_matches_transformers_generate(tiny_dir, side_video, monkeypatc
     assert ids[0] == hf[:cut] and len(ids[0]) >= 1
 
 
-def test_pruned_decoding_at_unpruned_positions(tiny_dir, side_video, monkeypatch):
+def test_pruned_decoding_at_compact_positions(tiny_dir, side_video, monkeypatch):
     """A run that drops the last frames: the text, the kept video tokens and the newline of
-    HF's unpruned input at their unpruned positions, then greedy decoding by full
-    recomputation with token s at L_full + s."""
+    HF's unpruned input in their order at compact positions 0..len-1 (method.md step 9),
+    then greedy decoding by full recomputation through HF's forward with token s at len + s."""
     at = _pipeline(tiny_dir, units_per_group=8, budget=24, group_layout="contiguous",
                    force_stop_after=2, max_new_tokens=10, **ALL)
     spy, ids = Spy(at.adapter), _capture_ids(monkeypatch)
@@ -158,11 +159,13 @@ def test_pruned_decoding_at_unpruned_positions(tiny_dir, side_video, monkeypatch
     keep[vid[keys]] = True  # ... unless kept
     cols = keep.nonzero().flatten()
     final = next(c for c in spy.calls if c["use_cache"])["seq"]
-    assert torch.equal(final.input_ids, full[cols]) and torch.equal(final.positions[0], cols)
+    n = cols.numel()
+    assert torch.equal(final.input_ids, full[cols]) and torch.equal(final.positions, torch.arange(n)[None])
+    assert final.next_position == n < full.numel()
     with torch.no_grad():
         emb = model.get_input_embeddings()(full)
         emb[vid] = model.model.get_video_features(inp["pixel_values_videos"], return_dict=True).pooler_output[0]
-    want = greedy_by_recomputation(model, emb[cols], cols, full.numel(), 10)
+    want = greedy_by_recomputation(model, emb[cols], torch.arange(n), n, 10, {model.generation_config.eos_token_id})
     assert len(want) >= 8
     assert ids[0] == want
 

@@ -2,8 +2,11 @@
 
 References are built without the code under test: transformers' processing rules
 (``smart_resize``, the image processor's ``patchify``, CLIP mean/std, the chat template
-with the placeholder expanded as the processor does), the model's own forward,
-``get_rope_index`` and ``generate``, PyAV decoding, ``torch.distributions``."""
+with the placeholder expanded as the processor does), the model's own forward at explicit
+position ids, PyAV decoding, ``torch.distributions``. Positions are Qwen2.5-VL's trained rule
+written out here (:func:`_trained_positions`), not transformers 5.x's ``get_rope_index`` or
+``generate``, which start the text after a video at ``max(h, w)`` instead of after the
+video's last temporal position (README "Positions")."""
 import json
 import math
 import os
@@ -128,6 +131,53 @@ def _hf_inputs(tokenizer, model, frames, spu, question=QUESTION, options=OPTIONS
                 mm_token_type_ids=(input_ids == vid).int() * 2, second_per_grid_ts=torch.tensor([spu]))
 
 
+def _trained_positions(input_ids, video_token_id, units, rows, cols, spu, tps):
+    """Qwen2.5-VL's M-RoPE ids as trained (Qwen's ``get_rope_index``, transformers 4.x, vLLM),
+    by hand for one video of ``units`` temporal patches of ``rows x cols`` merged tokens,
+    ``spu`` seconds apart: text before it at ``0..P-1``, token (t, h, w) at
+    ``(P + floor(t * spu * tps), P + h, P + w)`` (the exact product of the given floats), the
+    text after it from the video's maximum + 1. int64 ``[3, L]``."""
+    ids = [int(i) for i in input_ids]
+    P = ids.index(video_token_id)
+    out = [(i, i, i) for i in range(P)]
+    for t in range(units):
+        dt = math.floor(t * Fraction(spu) * Fraction(tps))
+        out += [(P + dt, P + h, P + w) for h in range(rows) for w in range(cols)]
+    assert ids[P:len(out)] == [video_token_id] * (len(out) - P)
+    start = max(max(c) for c in out[P:]) + 1
+    out += [(start + j,) * 3 for j in range(len(ids) - len(out))]
+    return torch.tensor(out).T
+
+
+def _hf_positions(model, inp, spu):
+    """:func:`_trained_positions` of an :func:`_hf_inputs` dict made with ``spu`` (a float:
+    the dict's float32 copy would move floors that fall on an integer)."""
+    t, h, w = inp["video_grid_thw"][0].tolist()
+    m = model.config.vision_config.spatial_merge_size
+    return _trained_positions(inp["input_ids"][0], model.config.video_token_id, t, h // m, w // m,
+                              spu, model.config.vision_config.tokens_per_second)
+
+
+@torch.no_grad()
+def greedy_by_recomputation(model, emb, pos, next_position, steps, eos):
+    """Greedy ids from input embeddings ``[L, hidden]`` at explicit position ids ``pos``
+    (``[3, L]`` M-RoPE or ``[L]`` 1-D), one full forward per token through the model's own
+    forward, generated token s at ``next_position + s``; stops at an id in ``eos``."""
+    out = []
+    for s in range(steps):
+        ids = pos[:, None] if pos.dim() == 2 else pos[None]
+        logits = model(inputs_embeds=emb[None], position_ids=ids,
+                       attention_mask=torch.ones(1, emb.shape[0], dtype=torch.long)).logits[0, -1]
+        t = int(logits.argmax())
+        if t in eos:
+            break
+        out.append(t)
+        emb = torch.cat([emb, model.get_input_embeddings()(torch.tensor([t]))])
+        nxt = torch.full((*pos.shape[:-1], 1), next_position + s)
+        pos = torch.cat([pos, nxt], dim=-1)
+    return out
+
+
 def _letter_entropy(logits, tokenizer):
     """Step 4 by torch.distributions: each letter's probability sums its forms "A" and " A"."""
     p = torch.softmax(logits.double(), -1)
@@ -182,8 +232,10 @@ def test_group_pass_matches_transformers_eager(tiny_dir, dup_video):
                 ad.prefill = spy._f
                 fr = torch.stack([frames[i] for i in plan.unit_frames(plan.groups[g])])
                 inp = _hf_inputs(tok, eager, fr, 2 / fps_group, QUESTION, opts)
+                pos = _hf_positions(eager, inp, 2 / fps_group)
+                assert torch.equal(spy.calls[0]["seq"].positions, pos)
                 with torch.no_grad():
-                    out = eager(**inp, output_attentions=True)
+                    out = eager(**inp, position_ids=pos[:, None], output_attentions=True)
                 vid = (inp["input_ids"][0] == eager.config.video_token_id).nonzero().flatten()
                 vs, ve = int(vid[0]), int(vid[-1]) + 1
                 a = out.attentions[at.reference_layer][0, :, ve:, vs:ve].double()
@@ -194,15 +246,24 @@ def test_group_pass_matches_transformers_eager(tiny_dir, dup_video):
                 assert h == pytest.approx(float(want), rel=1e-4, abs=1e-6)
 
 
-def _hf_generate(tiny_dir, frames, spu, max_new):
+def _hf_reference(tiny_dir, frames, spu, max_new):
+    """The unpruned run by transformers at the trained positions: the model's own forward
+    (its vision tower on the processor's pixel values), then greedy decoding by full
+    recomputation from the maximum position + 1."""
     from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(tiny_dir)).eval()
     tok = AutoTokenizer.from_pretrained(str(tiny_dir))
     inp = _hf_inputs(tok, model, frames, spu)
+    pos = _hf_positions(model, inp, spu)
     with torch.no_grad():
-        out = model.generate(**inp, max_new_tokens=max_new, do_sample=False)
-        logits = model(**inp).logits[0, -1]
-    return out[0, inp["input_ids"].shape[1]:].tolist(), logits, model, tok, inp
+        logits = model(**inp, position_ids=pos[:, None]).logits[0, -1]
+        ids = inp["input_ids"][0]
+        emb = model.get_input_embeddings()(ids)
+        emb[ids == model.config.video_token_id] = torch.cat(model.model.get_video_features(
+            inp["pixel_values_videos"], inp["video_grid_thw"], return_dict=True).pooler_output)
+    out = greedy_by_recomputation(model, emb, pos, int(pos.max()) + 1, max_new,
+                                  {model.generation_config.eos_token_id})
+    return out, logits, pos
 
 
 def _capture_ids(monkeypatch):
@@ -216,26 +277,26 @@ def _capture_ids(monkeypatch):
     return got
 
 
-def test_keep_all_matches_transformers_generate(tiny_dir, dup_video, monkeypatch):
+def test_keep_all_matches_transformers_forward(tiny_dir, dup_video, monkeypatch):
     """Budget = all tokens, no redundancy removal, one group: the final pass is HF's own
-    unpruned forward, and greedy decoding equals HF's ``generate``."""
+    unpruned forward at the trained positions, and greedy decoding equals HF's forward
+    recomputed token by token after the maximum position."""
     at = _pipeline(tiny_dir, units_per_group=64, budget=10**6, redundancy_threshold=None,
                    max_new_tokens=8, **DUP)
     spy, ids = Spy(at.adapter), _capture_ids(monkeypatch)
     res = at.answer(dup_video, QUESTION, OPTIONS, progress=False)
     frames = torch.stack(_decode_all(dup_video))
-    hf_ids, hf_logits, model, tok, _ = _hf_generate(tiny_dir, frames, 2 / 25, 8)
-    eos = set([model.generation_config.eos_token_id])
-    cut = next((i for i, t in enumerate(hf_ids) if t in eos), len(hf_ids))
+    hf_ids, hf_logits, pos = _hf_reference(tiny_dir, frames, 2 / 25, 8)
     assert len(res.selected_tokens) == 32 * 18
+    assert torch.equal(spy.calls[-1]["seq"].positions, pos)
     torch.testing.assert_close(spy.calls[-1]["logits"], hf_logits, rtol=1e-4, atol=1e-4)
-    assert ids[0] == hf_ids[:cut] and len(ids[0]) >= 1
+    assert ids[0] == hf_ids and len(ids[0]) >= 1
 
 
 def test_pruned_decoding_matches_full_recomputation(tiny_dir, dup_video, monkeypatch):
-    """A run that drops the last units decodes at HF's positions: the kept columns of the
-    unpruned sequence (chat template, the model's vision tower, get_rope_index), then greedy
-    decoding by full recomputation, token s at max(full positions) + 1 + s."""
+    """A run that drops the last units decodes at the trained positions: the kept columns of
+    the unpruned sequence (chat template, the model's vision tower, :func:`_trained_positions`),
+    then greedy decoding by full recomputation, token s at max(full positions) + 1 + s."""
     at = _pipeline(tiny_dir, units_per_group=8, budget=60, group_layout="contiguous",
                    force_stop_after=2, max_new_tokens=10, **DUP)
     ids = _capture_ids(monkeypatch)
@@ -250,27 +311,16 @@ def test_pruned_decoding_matches_full_recomputation(tiny_dir, dup_video, monkeyp
     assert int(keys.max()) // (rows * cols) < 16  # units 16..31 (groups 2, 3) are all dropped
     ids_full = inp["input_ids"][0]
     vid = (ids_full == model.config.video_token_id).nonzero().flatten()
+    pos = _hf_positions(model, inp, 2 / 25)[:, None]
     with torch.no_grad():
-        pos, _ = model.model.get_rope_index(inp["input_ids"], mm_token_type_ids=inp["mm_token_type_ids"],
-                                            video_grid_thw=inp["video_grid_thw"],
-                                            second_per_grid_ts=inp["second_per_grid_ts"])
         emb = model.get_input_embeddings()(ids_full)
         vis = torch.cat(model.model.get_video_features(inp["pixel_values_videos"], inp["video_grid_thw"],
                                                        return_dict=True).pooler_output)
         emb[vid] = vis
     cols_kept = torch.cat([torch.arange(int(vid[0])), vid[keys], torch.arange(int(vid[-1]) + 1, len(ids_full))])
+    nxt_pos = int(pos.max()) + 1  # over the full sequence: the question's last position + 1
     emb, pos = emb[cols_kept], pos[:, 0, cols_kept]
-    nxt_pos, want = int(pos.max()) + 1, []
-    with torch.no_grad():
-        for s in range(10):
-            logits = model(inputs_embeds=emb[None], position_ids=pos[:, None],
-                           attention_mask=torch.ones(1, emb.shape[0], dtype=torch.long)).logits[0, -1]
-            t = int(logits.argmax())
-            if t == model.generation_config.eos_token_id:
-                break
-            want.append(t)
-            emb = torch.cat([emb, model.get_input_embeddings()(torch.tensor([t]))])
-            pos = torch.cat([pos, torch.full((3, 1), nxt_pos + s)], dim=1)
+    want = greedy_by_recomputation(model, emb, pos, nxt_pos, 10, {model.generation_config.eos_token_id})
     assert len(want) >= 8
     assert ids[0] == want
 
@@ -300,22 +350,20 @@ def test_kept_tokens_keep_unpruned_positions(tiny_dir, bikes):
     P = len(pre)
     with VideoReader(bikes) as r:
         spu = r.info.duration_s * 2 / len(res.frames)
-    ids = torch.tensor([pre + [ad.video_token_id] * (U * tpu) + suf])
-    full, delta = ad.model.model.get_rope_index(
-        ids, mm_token_type_ids=(ids == ad.video_token_id).int() * 2,
-        video_grid_thw=torch.tensor([[U, rows * 2, cols * 2]]), second_per_grid_ts=torch.tensor([spu]))
-    full = full[:, 0]
+    ids = torch.tensor(pre + [ad.video_token_id] * (U * tpu) + suf)
+    tps = ad.model.config.vision_config.tokens_per_second
+    full = _trained_positions(ids, ad.video_token_id, U, rows, cols, spu, tps)
     unit = {f: i // 2 for i, f in enumerate(res.frames) if i % 2 == 0}
     keys = [unit[t["frame"]] * tpu + t["h"] * cols + t["w"] for t in res.selected_tokens]
     assert keys == sorted(keys)
     want = torch.cat([full[:, :P], full[:, [P + k for k in keys]], full[:, P + U * tpu:]], dim=1)
     assert torch.equal(pos, want)
-    # M-RoPE by hand: t = P + unit * tokens_per_second * seconds_per_unit, h = P + row, w = P + col
-    tps = ad.model.config.vision_config.tokens_per_second
-    for i, (k, t) in enumerate(zip(keys, res.selected_tokens)):
-        assert pos[:, P + i].tolist() == [P + int(k // tpu * tps * spu), P + t["h"], P + t["w"]]
-    # decoding continues after the full sequence, as HF's own generate does
-    assert final.next_position == int(full.max()) + 1 == int(delta) + full.shape[1]
+    for i, t in enumerate(res.selected_tokens):  # (h, w) of the result are the kept cells
+        assert pos[1:, P + i].tolist() == [P + t["h"], P + t["w"]]
+    # the question starts after the whole video's last temporal position, decoding after it
+    q = P + len(keys)
+    assert int(pos[0, q]) == int(full[:, P:P + U * tpu].max()) + 1 > P + int((U - 1) * tps * spu)
+    assert final.next_position == int(full.max()) + 1 == int(pos[0, -1]) + 1
 
 
 def test_budgets_sum_and_respect_capacity(at, bikes):

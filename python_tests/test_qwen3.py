@@ -130,6 +130,40 @@ def test_keep_all_matches_transformers_generate(family_dir, clip16, monkeypatch)
     assert ids[0] == out[:cut] and len(ids[0]) >= 1
 
 
+def _qwen3_trained_positions(ids, video_token_id, rows, cols):
+    """Qwen3-VL's M-RoPE ids as its reference ``get_rope_index`` gives them (transformers
+    4.57, the Qwen3-VL repository): every run of text and every per-frame video block
+    starts at the maximum of all earlier positions + 1 (``st_idx = max + 1``); a block's
+    token (h, w) at ``(st, st + h, st + w)`` (``t_index`` always 0: time is in the
+    timestamp text). By hand, int64 ``[3, L]``."""
+    out, i, ids = [], 0, [int(x) for x in ids]
+    while i < len(ids):
+        st = max(max(c) for c in out) + 1 if out else 0
+        if ids[i] == video_token_id:
+            out += [(st, st + h, st + w) for h in range(rows) for w in range(cols)]
+            i += rows * cols
+        else:
+            out.append((st,) * 3)
+            i += 1
+    return torch.tensor(out).T
+
+
+def test_positions_are_the_trained_rule(family_dir, clip16):
+    """transformers 5.x's Qwen3-VL ``get_rope_index`` (which the adapter uses) gives the
+    trained positions: for one-frame blocks its ``max(h, w)`` advance is max + 1, so the
+    text after each block, and the question after the video, start at max(earlier) + 1."""
+    family, path = family_dir
+    ad = models.load(str(path))
+    with VideoReader(clip16) as r:
+        plan = stages.make_plan(ad, r.info, AdaptTokenConfig(**CLIP), QUESTION, OPTIONS)
+    seq = ad.sequence(plan.prompt, plan.clip(range(plan.num_units), whole_video=True), plan.grid)
+    want = _qwen3_trained_positions(seq.input_ids, ad.video_token_id, *plan.grid)
+    assert torch.equal(seq.positions, want)
+    q = int(seq.visual_columns[-1]) + 2  # the first text after the last block
+    assert int(seq.positions[0, q]) == int(seq.positions[:, :q].max()) + 1
+    assert seq.next_position == int(seq.positions.max()) + 1
+
+
 def _unit_spans(ids, vid, units, tpu, start_id, end_id):
     """Columns of each unit's block in an HF sequence: from just after the previous block's
     ``<|vision_end|>`` (the template's ``<|vision_start|>`` for the first) to its own."""

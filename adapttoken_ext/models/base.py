@@ -10,8 +10,9 @@ here are family-agnostic:
 - a :class:`Sequence` is a prompt with a clip's visual tokens, column by column: text ids,
   the visual key of each visual column, the unit each column belongs to (visual tokens,
   and text that exists for a unit, such as a per-unit timestamp or ``Frame{i}:`` label),
-  and position ids of any rank (M-RoPE ``[3, L]``, 1-D ``[1, L]``) from the model's own
-  rules. Pruning (method.md step 9) is generic: :meth:`Sequence.prune`;
+  and position ids of any rank (M-RoPE ``[3, L]``, 1-D ``[1, L]``) from the model's trained
+  rules. Pruning (method.md step 9) is generic: :meth:`Sequence.prune` gathers M-RoPE
+  positions and renumbers 1-D ones compactly;
 - :class:`Visual` holds the visual token embeddings with any per-token side inputs
   (e.g. DeepStack features), so pruning takes the same rows of both.
 """
@@ -80,14 +81,18 @@ class Sequence:
         visual_key: int64 ``[L]``: the visual token key, or -1 for text.
         unit: int64 ``[L]``: the unit a column belongs to, or -1 for prompt text.
         positions: int64 ``[R, L]`` position ids (R = 3 for M-RoPE, 1 for 1-D RoPE).
-        next_position: where the first generated token sits: the maximum position of the
-            full, unpruned sequence plus one (method.md step 9). Pruning keeps it.
+        next_position: where the first generated token sits.
+        compact: how pruning places the kept columns (method.md step 9). False (M-RoPE
+            families): each keeps its full-sequence position and ``next_position`` (the
+            full sequence's maximum + 1) is kept. True (1-D RoPE families): the pruned
+            sequence gets compact positions ``0..len-1`` and ``next_position = len``.
     """
     input_ids: torch.Tensor
     visual_key: torch.Tensor
     unit: torch.Tensor
     positions: torch.Tensor
     next_position: int
+    compact: bool = False
 
     def __len__(self) -> int:
         return self.input_ids.numel()
@@ -107,8 +112,10 @@ class Sequence:
 
     def prune(self, keep_keys: torch.Tensor) -> "Sequence":
         """Keep prompt text, the visual tokens whose key is in ``keep_keys``, and the text
-        of units that keep at least one visual token (method.md step 9). Columns keep their
-        positions, so kept tokens sit at their full-video positions."""
+        of units that keep at least one visual token, in their original order (method.md
+        step 9). Text ids are kept as they are (a ``Frame{i}:`` label keeps its full-video
+        number). Positions: the kept columns' full-sequence positions, or with
+        ``compact`` ``0..len-1`` and decoding from ``len``."""
         keep_keys = torch.as_tensor(keep_keys, dtype=torch.long).flatten()
         vis = self.visual_key >= 0
         kept_vis = vis & torch.isin(self.visual_key, keep_keys)
@@ -116,8 +123,29 @@ class Sequence:
         cols = (self.unit < 0) | kept_vis | (~vis & torch.isin(self.unit, kept_units))
         if int(kept_vis.sum()) != torch.unique(keep_keys).numel():
             raise ValueError("keep_keys: some keys are not visual tokens of this sequence")
+        n = int(cols.sum())
+        if self.compact:
+            positions, nxt = torch.arange(n).expand(self.positions.shape[0], n), n
+        else:
+            positions, nxt = self.positions[:, cols], self.next_position
         return replace(self, input_ids=self.input_ids[cols], visual_key=self.visual_key[cols],
-                       unit=self.unit[cols], positions=self.positions[:, cols])
+                       unit=self.unit[cols], positions=positions, next_position=nxt)
+
+
+    def final_position_bound(self, budget: int) -> int:
+        """The largest position id that :meth:`prune` of this full sequence to at most
+        ``budget`` visual tokens can give a column (method.md step 9), generated tokens
+        not counted. Gathered positions: the full maximum, ``next_position - 1``, whatever
+        is kept. Compact positions: the length of the longest such pruning minus one, i.e.
+        all prompt text, ``min(budget, N)`` visual tokens and the text of the
+        ``min(budget, units)`` units with the most text (each kept in a unit of its own)."""
+        if not self.compact:
+            return self.next_position - 1
+        vis = self.visual_key >= 0
+        units = torch.unique(self.unit[vis])
+        _, text = torch.unique(self.unit[~vis & (self.unit >= 0)], return_counts=True)
+        most = int(text.sort(descending=True).values[:min(budget, units.numel())].sum())
+        return int((self.unit < 0).sum()) + min(budget, int(vis.sum())) + most - 1
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Qwen2.5-VL adapter (model_type ``qwen2_5_vl``): the :class:`~.base.VideoAdapter` interface.
 
-The video placeholder run, ``get_rope_index`` with ``mm_token_type_ids``, the 2x2 spatial
-merge, temporal units of ``temporal_patch_size`` (2) frames, pixel patchification and the
+The video placeholder run, M-RoPE positions by the trained rule (:mod:`.mrope`, not
+transformers 5.x's ``get_rope_index``), the 2x2 spatial merge, temporal units of ``temporal_patch_size`` (2) frames, pixel patchification and the
 vision tower. The pipeline (``adapttoken_ext.pipeline``) sees only the interface.
 """
 from __future__ import annotations
@@ -10,6 +10,7 @@ import torch
 
 from .base import Clip, Prompt, Sequence, Visual
 from .common import ChatVideoAdapter, chat_ids, execution_device
+from .mrope import qwen2_vl_positions
 
 
 def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int):
@@ -34,6 +35,8 @@ class Qwen2_5_VLAdapter(ChatVideoAdapter):
         self.merge = vc.spatial_merge_size
         self.unit = vc.temporal_patch_size  # frames per temporal unit (method.md notation)
         self.video_token_id = model.config.video_token_id
+        # temporal position ids per second of video (M-RoPE, method.md "Positions")
+        self.tokens_per_second = getattr(vc, "tokens_per_second", None)
 
     # ---- geometry ------------------------------------------------------------------------
     def frame_size(self, height: int, width: int, max_pixels: int, min_pixels: int = 56 * 56):
@@ -83,21 +86,17 @@ class Qwen2_5_VLAdapter(ChatVideoAdapter):
     # ---- language model --------------------------------------------------------------------
     def sequence(self, prompt: Prompt, clip: Clip, grid: tuple[int, int]) -> Sequence:
         """``[prefix][units x rows x cols video tokens][suffix]`` with M-RoPE ids ``[3, L]``
-        from the model's own ``get_rope_index`` (integer work only; method.md steps 2, 9).
-        The clip's units are one video whose temporal patches are ``seconds_per_unit`` apart."""
+        by the trained rule (:func:`.mrope.qwen2_vl_positions`: the suffix starts at the
+        video's maximum position + 1; method.md "Positions", steps 2, 9). The clip's units
+        are one video whose temporal patches are ``seconds_per_unit`` apart."""
         rows, cols = grid
         tpu, P = rows * cols, len(prompt.prefix)
         n = len(clip.units) * tpu
         ids = torch.tensor(prompt.prefix + [self.video_token_id] * n + prompt.suffix)
-        mm = torch.zeros_like(ids, dtype=torch.int32)
-        mm[P:P + n] = 2
-        pos, _ = self.model.model.get_rope_index(
-            ids[None], mm_token_type_ids=mm[None],
-            video_grid_thw=torch.tensor([[len(clip.units), rows * self.merge, cols * self.merge]]),
-            second_per_grid_ts=torch.tensor([clip.seconds_per_unit]))
-        pos = pos[:, 0]
+        pos, nxt = qwen2_vl_positions(P, len(clip.units), rows, cols, len(prompt.suffix),
+                                      clip.seconds_per_unit, self.tokens_per_second)
         units = torch.full_like(ids, -1)
         units[P:P + n] = torch.tensor(clip.units).repeat_interleave(tpu)
         key = torch.full_like(ids, -1)
         key[P:P + n] = units[P:P + n] * tpu + torch.arange(n) % tpu
-        return Sequence(ids, key, units, pos, int(pos.max()) + 1)
+        return Sequence(ids, key, units, pos, nxt)

@@ -13,6 +13,9 @@ option letters, loading are the same):
   its timestamp.
 - **Interleaved M-RoPE** from the model's own ``get_rope_index`` over the unpruned ids
   (it splits the video grid per temporal patch); the kept columns keep those positions.
+  Unlike Qwen2.5-VL's (:mod:`.mrope`), this is the trained rule: each one-frame block
+  and each text run start at the maximum position so far + 1, as in Qwen's reference
+  code (method.md "Positions").
 - **DeepStack.** The vision tower also returns features of some of its layers, added to
   the first decoder layers' hidden states at the visual positions. They travel as
   :class:`~.base.Visual` side inputs (``deepstack0``, ...), so pruning gathers them with

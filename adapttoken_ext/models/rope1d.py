@@ -4,8 +4,10 @@ the language-model side is :class:`~.common.ChatVideoAdapter`; a family module a
 vision tower and the layout of its video tokens.
 
 1-D positions (method.md step 9): a sequence's columns sit at ``0..L-1`` as in the model's
-own unpruned forward; pruning keeps each kept column's position, and generated token ``s``
-sits at ``L_full + s`` (``max(full positions) + 1 + s``), where HF's ``generate`` puts it.
+own unpruned forward (the group pass: the group as a short video). The final pass uses
+**compact** positions: the pruned sequence, kept columns in their original order, at
+``0..len-1``, and generated token ``s`` at ``len + s``. Full-video positions would run to
+``L_full`` (about 1M at 4096 frames), far past the trained context.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ class Rope1DAdapter(ChatVideoAdapter):
 
     @staticmethod
     def one_d(ids: torch.Tensor, visual_key: torch.Tensor, unit: torch.Tensor) -> Sequence:
-        """A :class:`Sequence` at the model's own 1-D positions ``0..L-1`` (``[1, L]``)."""
+        """A :class:`Sequence` at the model's own 1-D positions ``0..L-1`` (``[1, L]``), pruned
+        to compact positions (method.md step 9)."""
         n = ids.numel()
-        return Sequence(ids, visual_key, unit, torch.arange(n)[None], n)
+        return Sequence(ids, visual_key, unit, torch.arange(n)[None], n, compact=True)
