@@ -161,11 +161,21 @@ def _qwen3_vision(**extra):
                 num_position_embeddings=64, in_channels=3, **extra)
 
 
+# family -> (config class, model class, name); the MoE variants differ in their text MLPs only
+_QWEN3_CLASSES = {
+    "qwen3_vl": ("Qwen3VLConfig", "Qwen3VLForConditionalGeneration", "Qwen3-VL"),
+    "qwen3_vl_moe": ("Qwen3VLMoeConfig", "Qwen3VLMoeForConditionalGeneration", "Qwen3-VL-MoE"),
+    "qwen3_5": ("Qwen3_5Config", "Qwen3_5ForConditionalGeneration", "Qwen3.5"),
+    "qwen3_5_moe": ("Qwen3_5MoeConfig", "Qwen3_5MoeForConditionalGeneration", "Qwen3.5-MoE"),
+}
+
+
 def _qwen3(out: Path, seed: int, family: str) -> Path:
     import torch
     import transformers
 
-    template = QWEN3_VL_TEMPLATE if family == "qwen3_vl" else QWEN3_5_TEMPLATE
+    vl = family.startswith("qwen3_vl")
+    template = QWEN3_VL_TEMPLATE if vl else QWEN3_5_TEMPLATE
     tok = build_tokenizer(out, QWEN3_SPECIAL_TOKENS, template, "<|im_end|>", "<|endoftext|>")
     ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN3_SPECIAL_TOKENS}
     text = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
@@ -173,19 +183,24 @@ def _qwen3(out: Path, seed: int, family: str) -> Path:
                 max_position_embeddings=1 << 20, tie_word_embeddings=False,
                 bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
                 pad_token_id=ids["<|endoftext|>"])
-    if family == "qwen3_vl":
-        cfg_cls, model_cls, name = "Qwen3VLConfig", "Qwen3VLForConditionalGeneration", "Qwen3-VL"
+    cfg_cls, model_cls, name = _QWEN3_CLASSES[family]
+    if vl:
         text["rope_parameters"] = {"rope_type": "default", "rope_theta": 5e6,
                                    "mrope_section": [2, 3, 3], "mrope_interleaved": True}
         vision = _qwen3_vision(deepstack_visual_indexes=[0, 1])
     else:  # hybrid: Gated DeltaNet (linear) and full-attention layers
-        cfg_cls, model_cls, name = "Qwen3_5Config", "Qwen3_5ForConditionalGeneration", "Qwen3.5"
         text.update(rope_parameters={"rope_type": "default", "rope_theta": 1e7, "partial_rotary_factor": 0.5,
                                      "mrope_section": [2, 1, 1], "mrope_interleaved": True},
                     layer_types=["linear_attention", "full_attention", "full_attention", "linear_attention"],
                     linear_conv_kernel_dim=4, linear_key_head_dim=8, linear_value_head_dim=8,
                     linear_num_key_heads=2, linear_num_value_heads=4)
         vision = _qwen3_vision()
+    if family == "qwen3_vl_moe":  # every layer sparse (decoder_sparse_step 1), as released
+        text.update(num_experts=8, num_experts_per_tok=2, moe_intermediate_size=32)
+    elif family == "qwen3_5_moe":  # routed experts plus a shared expert, no dense MLP
+        del text["intermediate_size"]
+        text.update(num_experts=8, num_experts_per_tok=2, moe_intermediate_size=32,
+                    shared_expert_intermediate_size=32)
     config = getattr(transformers, cfg_cls)(
         text_config=text, vision_config=vision,
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
@@ -294,6 +309,8 @@ FAMILIES = {
     "qwen2_5_vl": _qwen2_5_vl,
     "qwen3_vl": lambda out, seed: _qwen3(out, seed, "qwen3_vl"),
     "qwen3_5": lambda out, seed: _qwen3(out, seed, "qwen3_5"),
+    "qwen3_vl_moe": lambda out, seed: _qwen3(out, seed, "qwen3_vl_moe"),
+    "qwen3_5_moe": lambda out, seed: _qwen3(out, seed, "qwen3_5_moe"),
     "internvl": _internvl,
     "llava_onevision": _llava_onevision,
 }
