@@ -13,6 +13,8 @@ ADAPTERS = {
     "qwen3_5": "qwen3_5:Qwen3_5Adapter",
     "qwen3_vl_moe": "qwen3_vl_moe:Qwen3VLMoeAdapter",
     "qwen3_5_moe": "qwen3_5_moe:Qwen3_5MoeAdapter",
+    "glm4v": "glm4v:Glm4vAdapter",
+    "glm46v": "glm46v:Glm46VAdapter",
     "internvl": "internvl:InternVLAdapter",
     "llava_onevision": "llava_onevision:LlavaOnevisionAdapter",
 }

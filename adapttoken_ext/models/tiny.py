@@ -304,6 +304,62 @@ def _llava_onevision(out: Path, seed: int) -> Path:
         "size": {"height": 100, "width": 100}, "do_resize": True}, "LLaVA-OneVision")
 
 
+# GLM-4.1V's chat template (hub: zai-org/GLM-4.1V-9B-Thinking), condensed: system, user
+# (video, image, text items) and assistant turns. GLM-4.6V's generation prompt also takes
+# enable_thinking (an empty think block when it is false).
+_GLM_TURNS = (  # {{ '\\n' }}: the templates' newlines, which trim_blocks would eat after a tag
+    "[gMASK]<sop>{%- for msg in messages %}{%- if msg.role == 'system' %}<|system|>{{ '\\n' }}{{ msg.content }}"
+    "{%- elif msg.role == 'user' %}<|user|>{{ '\\n' }}{%- if msg.content is string %}{{ msg.content }}{%- else %}"
+    "{%- for item in msg.content %}{%- if item.type == 'video' or 'video' in item %}"
+    "<|begin_of_video|><|video|><|end_of_video|>"
+    "{%- elif item.type == 'image' or 'image' in item %}<|begin_of_image|><|image|><|end_of_image|>"
+    "{%- elif item.type == 'text' %}{{ item.text }}{%- endif %}{%- endfor %}{%- endif %}"
+    "{%- elif msg.role == 'assistant' %}<|assistant|>{{ '\\n' }}{{ msg.content }}{%- endif %}{%- endfor %}"
+)
+GLM4V_TEMPLATE = _GLM_TURNS + "{%- if add_generation_prompt %}<|assistant|>{{ '\\n' }}{%- endif %}"
+GLM46V_TEMPLATE = _GLM_TURNS + (
+    "{%- if add_generation_prompt %}<|assistant|>"
+    "{%- if enable_thinking is defined and not enable_thinking %}{{ '\\n<think></think>' }}{%- endif %}{%- endif %}")
+GLM_SPECIAL_TOKENS = ["<|endoftext|>", "[gMASK]", "<sop>", "<|system|>", "<|user|>", "<|assistant|>",
+                      "<|observation|>", "<|begin_of_image|>", "<|end_of_image|>", "<|begin_of_video|>",
+                      "<|end_of_video|>", "<|image|>", "<|video|>", "<think>", "</think>"]
+
+
+def _glm4v(out: Path, seed: int, family: str) -> Path:
+    import torch
+    import transformers
+
+    template = GLM4V_TEMPLATE if family == "glm4v" else GLM46V_TEMPLATE
+    tok = build_tokenizer(out, GLM_SPECIAL_TOKENS, template, "<|endoftext|>", "<|endoftext|>")
+    ids = {t: tok.convert_tokens_to_ids(t) for t in GLM_SPECIAL_TOKENS}
+    eos = [ids["<|endoftext|>"], ids["<|user|>"], ids["<|observation|>"]]  # as the hub's generation config
+    text = dict(model_type="glm4v_text", vocab_size=len(tok), hidden_size=64, intermediate_size=128,
+                num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                max_position_embeddings=1 << 20, eos_token_id=eos, pad_token_id=ids["<|endoftext|>"],
+                rope_parameters={"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.5,
+                                 "mrope_section": [2, 1, 1]})
+    vision = dict(model_type="glm4v_vision", depth=2, hidden_size=32, intermediate_size=64, num_heads=2,
+                  out_hidden_size=64, image_size=56, patch_size=14, spatial_merge_size=2,
+                  temporal_patch_size=2, in_channels=3)
+    cls, name = (("Glm4vConfig", "Glm4vForConditionalGeneration"), "GLM-4.1V") if family == "glm4v" else \
+        (("Glm46VConfig", "Glm46VForConditionalGeneration"), "GLM-4.6V")
+    config = getattr(transformers, cls[0])(
+        text_config=text, vision_config=vision, tie_word_embeddings=False,
+        image_token_id=ids["<|image|>"], video_token_id=ids["<|video|>"],
+        image_start_token_id=ids["<|begin_of_image|>"], image_end_token_id=ids["<|end_of_image|>"],
+        video_start_token_id=ids["<|begin_of_video|>"], video_end_token_id=ids["<|end_of_video|>"])
+    torch.manual_seed(seed)
+    model = getattr(transformers, cls[1])(config).eval()
+    model.generation_config.eos_token_id = eos
+    widen_init(model)
+    pre = {"image_mean": [0.48145466, 0.4578275, 0.40821073],
+           "image_std": [0.26862954, 0.26130258, 0.27577711], "patch_size": 14,
+           "temporal_patch_size": 2, "merge_size": 2,
+           "size": {"shortest_edge": 112 * 112, "longest_edge": 2 * 112 * 224}}
+    (out / "video_preprocessor_config.json").write_text(json.dumps(pre, indent=1))
+    return _save(model, out, pre, name)
+
+
 # HF model_type -> builder(out_dir, seed) writing a loadable checkpoint into out_dir
 FAMILIES = {
     "qwen2_5_vl": _qwen2_5_vl,
@@ -311,6 +367,8 @@ FAMILIES = {
     "qwen3_5": lambda out, seed: _qwen3(out, seed, "qwen3_5"),
     "qwen3_vl_moe": lambda out, seed: _qwen3(out, seed, "qwen3_vl_moe"),
     "qwen3_5_moe": lambda out, seed: _qwen3(out, seed, "qwen3_5_moe"),
+    "glm4v": lambda out, seed: _glm4v(out, seed, "glm4v"),
+    "glm46v": lambda out, seed: _glm4v(out, seed, "glm46v"),
     "internvl": _internvl,
     "llava_onevision": _llava_onevision,
 }
