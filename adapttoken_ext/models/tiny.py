@@ -360,6 +360,56 @@ def _glm4v(out: Path, seed: int, family: str) -> Path:
     return _save(model, out, pre, name)
 
 
+# Gemma 4's chat template (hub: google/gemma-4-E2B-it), condensed: turns and the image,
+# video and text items; no system-prompt thinking switch (thinking is off unless asked for).
+GEMMA4_TEMPLATE = (
+    "{{ bos_token }}{%- for message in messages %}"
+    "<|turn>{{ 'model' if message.role == 'assistant' else message.role }}{{ '\\n' }}"
+    "{%- if message.content is string %}{{ message.content }}{%- else %}{%- for item in message.content %}"
+    "{%- if item.type == 'image' %}<|image|>{%- elif item.type == 'video' %}<|video|>"
+    "{%- elif item.type == 'text' %}{{ item.text }}{%- endif %}{%- endfor %}{%- endif %}<turn|>{{ '\\n' }}"
+    "{%- endfor %}{%- if add_generation_prompt %}<|turn>model{{ '\\n' }}{%- endif %}"
+)
+GEMMA4_SPECIAL_TOKENS = ["<pad>", "<eos>", "<bos>", "<|turn>", "<turn|>", "<|image>", "<image|>",
+                         "<|image|>", "<|video|>", "<|audio>", "<audio|>", "<|audio|>"]
+
+
+def _gemma4(out: Path, seed: int) -> Path:
+    import torch
+    from transformers import Gemma4Config, Gemma4ForConditionalGeneration
+
+    tok = build_tokenizer(out, GEMMA4_SPECIAL_TOKENS, GEMMA4_TEMPLATE, "<eos>", "<pad>", bos_token="<bos>")
+    ids = {t: tok.convert_tokens_to_ids(t) for t in GEMMA4_SPECIAL_TOKENS}
+    eos = [ids["<eos>"], ids["<turn|>"]]  # as the hub's generation config
+    # 6 layers, global ones at 2 and 5 (round(0.7 * 6) = 4 is a sliding one); a window of 8
+    # keys, so the sliding layers' text queries miss the early frames; frames attend to
+    # themselves bidirectionally (the larger checkpoints' "vision" setting); per-layer
+    # embeddings as the E2B / E4B checkpoints have
+    text = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=6,
+                num_attention_heads=4, num_key_value_heads=2, head_dim=16, global_head_dim=32,
+                layer_types=["sliding_attention", "sliding_attention", "full_attention"] * 2,
+                sliding_window=8, use_bidirectional_attention="vision", final_logit_softcapping=30.0,
+                hidden_size_per_layer_input=8, vocab_size_per_layer_input=len(tok),
+                max_position_embeddings=1 << 20, pad_token_id=ids["<pad>"], eos_token_id=eos,
+                bos_token_id=ids["<bos>"])
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                  num_key_value_heads=2, head_dim=16, patch_size=16, pooling_kernel_size=3,
+                  position_embedding_size=64)
+    config = Gemma4Config(
+        text_config=text, vision_config=vision, audio_config=None,
+        boi_token_id=ids["<|image>"], eoi_token_id=ids["<image|>"], image_token_id=ids["<|image|>"],
+        video_token_id=ids["<|video|>"], boa_token_id=ids["<|audio>"], eoa_token_index=ids["<audio|>"],
+        audio_token_id=ids["<|audio|>"])
+    torch.manual_seed(seed)
+    model = Gemma4ForConditionalGeneration(config).eval()
+    model.generation_config.eos_token_id = eos
+    widen_init(model)
+    pre = {"image_mean": [0.0, 0.0, 0.0], "image_std": [1.0, 1.0, 1.0], "patch_size": 16,
+           "pooling_kernel_size": 3, "max_soft_tokens": 70}
+    (out / "video_preprocessor_config.json").write_text(json.dumps(pre, indent=1))
+    return _save(model, out, pre, "Gemma 4")
+
+
 # HF model_type -> builder(out_dir, seed) writing a loadable checkpoint into out_dir
 FAMILIES = {
     "qwen2_5_vl": _qwen2_5_vl,
@@ -369,6 +419,7 @@ FAMILIES = {
     "qwen3_5_moe": lambda out, seed: _qwen3(out, seed, "qwen3_5_moe"),
     "glm4v": lambda out, seed: _glm4v(out, seed, "glm4v"),
     "glm46v": lambda out, seed: _glm4v(out, seed, "glm46v"),
+    "gemma4": _gemma4,
     "internvl": _internvl,
     "llava_onevision": _llava_onevision,
 }
