@@ -18,7 +18,15 @@ import av
 import numpy as np
 import pytest
 import torch
-from test_pipeline import OPTIONS, QUESTION, Spy, _capture_ids, _decode_all, _letter_entropy, _write_video
+from test_pipeline import (
+    OPTIONS,
+    QUESTION,
+    Spy,
+    _capture_ids,
+    _decode_all,
+    _letter_entropy,
+    _write_video,
+)
 
 from adapttoken_ext import AdaptToken, AdaptTokenConfig, models, stages
 from adapttoken_ext.config import MC_INSTRUCTION
@@ -27,7 +35,7 @@ from adapttoken_ext.video import VideoReader, sample_video
 
 STEP_S = 9  # seconds between the clip's frames: times 00:00 ... 01:03
 H, W = 288, 528
-CLIP = dict(frames=8, max_pixels=H * W)  # every frame of clip8: 8 units of 6x11 tokens
+CLIP = {"frames": 8, "max_pixels": H * W}  # every frame of clip8: 8 units of 6x11 tokens
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +60,10 @@ def _model(path, **kw):
 def _hf_inputs(tok, model, frames, indices, question=QUESTION, options=OPTIONS):
     """Unpruned inputs as Gemma4Processor builds them from uint8 frames [T, H, W, 3] taken
     at ``indices`` of a video at 1/STEP_S fps."""
-    from transformers.models.gemma4.image_processing_pil_gemma4 import convert_image_to_patches, pad_along_first_dim
+    from transformers.models.gemma4.image_processing_pil_gemma4 import (
+        convert_image_to_patches,
+        pad_along_first_dim,
+    )
     from transformers.models.gemma4.processing_gemma4 import Gemma4Processor
     from transformers.processing_utils import ProcessorMixin
     from transformers.video_utils import VideoMetadata
@@ -78,9 +89,9 @@ def _hf_inputs(tok, model, frames, indices, question=QUESTION, options=OPTIONS):
                             audio_token_ids=[cfg.audio_token_id])
     mm = torch.tensor(ProcessorMixin.create_mm_token_type_ids(types, [ids]))
     ids = torch.tensor([ids])
-    return dict(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values_videos=torch.stack(pv),
-                video_position_ids=torch.stack(pos).long(), num_frames_per_video=torch.tensor([len(frames)]),
-                mm_token_type_ids=mm)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values_videos": torch.stack(pv),
+            "video_position_ids": torch.stack(pos).long(), "num_frames_per_video": torch.tensor([len(frames)]),
+            "mm_token_type_ids": mm}
 
 
 def _pipeline(path, **cfg):
@@ -174,7 +185,7 @@ def test_pruned_decoding_matches_full_recomputation(tiny, clip8, monkeypatch):
                    max_new_tokens=10, **CLIP)
     spy, ids = Spy(at.adapter), _capture_ids(monkeypatch)
     res = at.answer(clip8, QUESTION, OPTIONS, progress=False)
-    final = [c for c in spy.calls if c["use_cache"]][0]
+    final = next(c for c in spy.calls if c["use_cache"])
     model, tok = _model(tiny), AutoTokenizer.from_pretrained(tiny)
     inp = _hf_inputs(tok, model, torch.stack(_decode_all(clip8)), res.frames)
     rows, cols = res.grid
@@ -234,7 +245,9 @@ def test_reference_layer_is_global(tiny):
 def test_geometry_at_the_default_size(tiny):
     """308x560 (and 720p) frames at the default max_pixels: 288x528, 6x11 soft tokens, as
     the video processor's own 70-token budget sizes a 16:9 frame."""
-    from transformers.models.gemma4.processing_gemma4 import get_aspect_ratio_preserving_size
+    from transformers.models.gemma4.processing_gemma4 import (
+        get_aspect_ratio_preserving_size,
+    )
     ad = models.load(str(tiny))
     for h, w in ((308, 560), (720, 1280)):
         size = ad.frame_size(h, w, 308 * 560)
@@ -254,3 +267,11 @@ def test_cli_answer_writes_json(tmp_path, capsys):
     assert d["model"] == str(path) and len(d["groups"]) == 4
     assert sum(g["budget"] for g in d["groups"]) == 20 == len(d["selected_tokens"])
     assert all({"frame", "time_s", "h", "w", "score"} <= set(t) for t in d["selected_tokens"])
+
+
+def test_flash_attention_is_refused(tiny):
+    """Flash attention would drop the bidirectional frame blocks: refused, naming the
+    argument, before any loading; sdpa is the default."""
+    with pytest.raises(ValueError, match="attn_implementation: flash_attention_2 drops"):
+        models.load(str(tiny), attn_implementation="flash_attention_2")
+    assert models.load(str(tiny)).model.config._attn_implementation == "sdpa"

@@ -16,7 +16,15 @@ import av
 import numpy as np
 import pytest
 import torch
-from test_pipeline import OPTIONS, QUESTION, Spy, _capture_ids, _decode_all, _letter_entropy, _write_video
+from test_pipeline import (
+    OPTIONS,
+    QUESTION,
+    Spy,
+    _capture_ids,
+    _decode_all,
+    _letter_entropy,
+    _write_video,
+)
 
 from adapttoken_ext import AdaptToken, AdaptTokenConfig, models, stages
 from adapttoken_ext.config import MC_INSTRUCTION
@@ -24,8 +32,8 @@ from adapttoken_ext.models.tiny import build_tiny_model
 from adapttoken_ext.video import VideoReader, sample_video
 
 FAMILIES = ["glm4v", "glm46v"]
-FPS = 25
-CLIP = dict(frames=16, max_pixels=112 * 224)  # every frame of clip16: 8 units of 2x4 tokens
+FPS = 0.5  # frames 2 s apart: a unit's first-frame time and its mean time differ (t and t + 1)
+CLIP = {"frames": 16, "max_pixels": 112 * 224}  # every frame of clip16: 8 units of 2x4 tokens
 CLASSES = {"glm4v": ("Glm4vForConditionalGeneration", "glm4v.processing_glm4v", "Glm4vProcessor"),
            "glm46v": ("Glm46VForConditionalGeneration", "glm46v.processing_glm46v", "Glm46VProcessor")}
 
@@ -37,11 +45,12 @@ def family_dir(request, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def clip16(tmp_path_factory):
-    """16 distinct bikes frames at 56x112 (a size GLM's smart_resize keeps), 25 fps."""
+    """16 distinct bikes frames at 56x112 (a size GLM's smart_resize keeps), 2 s apart."""
     with av.open(str(sample_video("bikes.mp4"))) as c:
         src = [f.to_ndarray(format="rgb24", width=112, height=56)
                for i, f in enumerate(c.decode(video=0)) if i % 9 == 0][:16]
-    return _write_video(tmp_path_factory.mktemp("clip") / "clip16.mp4", torch.from_numpy(np.stack(src)))
+    return _write_video(tmp_path_factory.mktemp("clip") / "clip16.mp4", torch.from_numpy(np.stack(src)),
+                        times_ms=[round(i * 1000 / FPS) for i in range(16)])
 
 
 def _model(family, path, **kw):
@@ -85,8 +94,8 @@ def _hf_inputs(family, tok, frames, indices, question=QUESTION, options=OPTIONS)
     ids = tok(prompt.replace("<|video|>", repl))["input_ids"]
     mm = torch.tensor(cls.create_mm_token_type_ids(proc, [ids]))
     ids = torch.tensor([ids])
-    return dict(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values_videos=pv[0],
-                video_grid_thw=grid, mm_token_type_ids=mm)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values_videos": pv[0],
+            "video_grid_thw": grid, "mm_token_type_ids": mm}
 
 
 def _pipeline(path, **cfg):
@@ -158,7 +167,7 @@ def test_pruned_decoding_matches_full_recomputation(family_dir, clip16, monkeypa
                    max_new_tokens=10, **CLIP)
     spy, ids = Spy(at.adapter), _capture_ids(monkeypatch)
     res = at.answer(clip16, QUESTION, OPTIONS, progress=False)
-    final = [c for c in spy.calls if c["use_cache"]][0]
+    final = next(c for c in spy.calls if c["use_cache"])
     model, tok = _model(family, path), AutoTokenizer.from_pretrained(path)
     inp = _hf_inputs(family, tok, torch.stack(_decode_all(clip16)), res.frames)
     rows, cols = res.grid

@@ -19,7 +19,8 @@
   layer (a sliding-window query cannot see the early visual keys), and there the model's
   own softmax is the causal one ``attention_scores`` computes (method.md step 3). The
   prefill passes ``mm_token_type_ids``, so the sliding layers see each kept frame's
-  tokens as one block, as they would for that frame alone.
+  tokens as one block, as they would for that frame alone. Flash attention drops these
+  blocks, so it is refused and sdpa is the default.
 - **Positions** are 1-D (:mod:`.rope1d`). Prefill and decoding feed token ids with the
   visual rows as ``mm_encoder_outputs``: the per-layer embeddings of the small models are
   looked up from the token ids.
@@ -33,6 +34,12 @@ from .common import execution_device
 from .rope1d import Rope1DAdapter
 
 
+def _check_attention(name: str | None, arg: str) -> None:
+    if name and name.startswith("flash_attention"):
+        raise ValueError(f"{arg}: {name} drops Gemma 4's bidirectional attention within a frame; "
+                         "use sdpa or eager")
+
+
 class Gemma4Adapter(Rope1DAdapter):
     """Wraps a ``Gemma4ForConditionalGeneration`` (arguments and errors as
     :class:`~.common.ChatVideoAdapter`)."""
@@ -43,17 +50,36 @@ class Gemma4Adapter(Rope1DAdapter):
     video_placeholder = "<|video|>"
 
     def __init__(self, model, tokenizer, preprocessor: dict | None = None):
+        """Raises ValueError naming ``model`` when it runs flash attention (see
+        :meth:`from_pretrained`)."""
+        _check_attention(model.config._attn_implementation, "model")
         super().__init__(model, tokenizer, preprocessor)
         cfg = model.config
         self.patch = cfg.vision_config.patch_size
         self.pool = cfg.vision_config.pooling_kernel_size
         self.video_token_id, self.boi_id, self.eoi_id = cfg.video_token_id, cfg.boi_token_id, cfg.eoi_token_id
 
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, device="cpu", dtype=None, device_map=None,
+                        attn_implementation: str | None = None):
+        """As :meth:`.common.ChatVideoAdapter.from_pretrained`, with sdpa by default: flash
+        attention drops the bidirectional frame blocks of the sliding layers (transformers
+        5.23 drops them silently; 5.24 marks Gemma 4 as not supporting it).
+
+        Raises:
+            ValueError: naming ``attn_implementation`` for a flash attention backend.
+        """
+        _check_attention(attn_implementation, "attn_implementation")
+        return super().from_pretrained(name_or_path, device=device, dtype=dtype, device_map=device_map,
+                                       attn_implementation=attn_implementation or "sdpa")
+
     # ---- geometry ------------------------------------------------------------------------
     def frame_size(self, height: int, width: int, max_pixels: int) -> tuple[int, int]:
         """The video processor's aspect-preserving size for a budget of
         ``max_pixels / patch^2`` patches (method.md step 0)."""
-        from transformers.models.gemma4.processing_gemma4 import get_aspect_ratio_preserving_size
+        from transformers.models.gemma4.processing_gemma4 import (
+            get_aspect_ratio_preserving_size,
+        )
         return get_aspect_ratio_preserving_size(height, width, self.patch, max_pixels // self.patch ** 2, self.pool)
 
     def unit_grid(self, height: int, width: int) -> tuple[int, int]:
@@ -69,7 +95,9 @@ class Gemma4Adapter(Rope1DAdapter):
         supported soft-token budget times ``pool^2`` that holds the frame's ``ph*pw``
         patches, as the processor pads to its ``max_soft_tokens`` (70 at 308x560): the
         tower then sees the processor's exact input."""
-        from transformers.models.gemma4.image_processing_pil_gemma4 import _SUPPORTED_SOFT_TOKENS
+        from transformers.models.gemma4.image_processing_pil_gemma4 import (
+            _SUPPORTED_SOFT_TOKENS,
+        )
         n, c, h, w = frames.shape
         p, k = self.patch, (h // self.patch) * (w // self.patch)
         x = self.normalize(frames).reshape(n, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1).reshape(n, k, -1)

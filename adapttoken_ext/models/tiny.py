@@ -333,14 +333,14 @@ def _glm4v(out: Path, seed: int, family: str) -> Path:
     tok = build_tokenizer(out, GLM_SPECIAL_TOKENS, template, "<|endoftext|>", "<|endoftext|>")
     ids = {t: tok.convert_tokens_to_ids(t) for t in GLM_SPECIAL_TOKENS}
     eos = [ids["<|endoftext|>"], ids["<|user|>"], ids["<|observation|>"]]  # as the hub's generation config
-    text = dict(model_type="glm4v_text", vocab_size=len(tok), hidden_size=64, intermediate_size=128,
-                num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-                max_position_embeddings=1 << 20, eos_token_id=eos, pad_token_id=ids["<|endoftext|>"],
-                rope_parameters={"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.5,
-                                 "mrope_section": [2, 1, 1]})
-    vision = dict(model_type="glm4v_vision", depth=2, hidden_size=32, intermediate_size=64, num_heads=2,
-                  out_hidden_size=64, image_size=56, patch_size=14, spatial_merge_size=2,
-                  temporal_patch_size=2, in_channels=3)
+    text = {"model_type": "glm4v_text", "vocab_size": len(tok), "hidden_size": 64, "intermediate_size": 128,
+            "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "max_position_embeddings": 1 << 20, "eos_token_id": eos, "pad_token_id": ids["<|endoftext|>"],
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.5,
+                                "mrope_section": [2, 1, 1]}}
+    vision = {"model_type": "glm4v_vision", "depth": 2, "hidden_size": 32, "intermediate_size": 64,
+              "num_heads": 2, "out_hidden_size": 64, "image_size": 56, "patch_size": 14,
+              "spatial_merge_size": 2, "temporal_patch_size": 2, "in_channels": 3}
     cls, name = (("Glm4vConfig", "Glm4vForConditionalGeneration"), "GLM-4.1V") if family == "glm4v" else \
         (("Glm46VConfig", "Glm46VForConditionalGeneration"), "GLM-4.6V")
     config = getattr(transformers, cls[0])(
@@ -385,16 +385,16 @@ def _gemma4(out: Path, seed: int) -> Path:
     # keys, so the sliding layers' text queries miss the early frames; frames attend to
     # themselves bidirectionally (the larger checkpoints' "vision" setting); per-layer
     # embeddings as the E2B / E4B checkpoints have
-    text = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=6,
-                num_attention_heads=4, num_key_value_heads=2, head_dim=16, global_head_dim=32,
-                layer_types=["sliding_attention", "sliding_attention", "full_attention"] * 2,
-                sliding_window=8, use_bidirectional_attention="vision", final_logit_softcapping=30.0,
-                hidden_size_per_layer_input=8, vocab_size_per_layer_input=len(tok),
-                max_position_embeddings=1 << 20, pad_token_id=ids["<pad>"], eos_token_id=eos,
-                bos_token_id=ids["<bos>"])
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                  num_key_value_heads=2, head_dim=16, patch_size=16, pooling_kernel_size=3,
-                  position_embedding_size=64)
+    text = {"vocab_size": len(tok), "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 6,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "global_head_dim": 32,
+            "layer_types": ["sliding_attention", "sliding_attention", "full_attention"] * 2,
+            "sliding_window": 8, "use_bidirectional_attention": "vision", "final_logit_softcapping": 30.0,
+            "hidden_size_per_layer_input": 8, "vocab_size_per_layer_input": len(tok),
+            "max_position_embeddings": 1 << 20, "pad_token_id": ids["<pad>"], "eos_token_id": eos,
+            "bos_token_id": ids["<bos>"]}
+    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+              "num_key_value_heads": 2, "head_dim": 16, "patch_size": 16, "pooling_kernel_size": 3,
+              "position_embedding_size": 64}
     config = Gemma4Config(
         text_config=text, vision_config=vision, audio_config=None,
         boi_token_id=ids["<|image>"], eoi_token_id=ids["<image|>"], image_token_id=ids["<|image|>"],
