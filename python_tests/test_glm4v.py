@@ -1,4 +1,4 @@
-"""AdaptToken on tiny GLM-4.1V and GLM-4.6V models and real sample frames (method.md steps 0-9).
+"""AdaptToken on tiny GLM-4.1V, GLM-4.6V and GLM-4.5V (MoE) models and real sample frames (method.md steps 0-9).
 
 References are built without the adapter's code: the chat template, then the video
 placeholder expanded by transformers' own ``Glm4vProcessor.replace_video_token`` /
@@ -31,11 +31,12 @@ from adapttoken_ext.config import MC_INSTRUCTION
 from adapttoken_ext.models.tiny import build_tiny_model
 from adapttoken_ext.video import VideoReader, sample_video
 
-FAMILIES = ["glm4v", "glm46v"]
+FAMILIES = ["glm4v", "glm46v", "glm4v_moe"]
 FPS = 0.5  # frames 2 s apart: a unit's first-frame time and its mean time differ (t and t + 1)
 CLIP = {"frames": 16, "max_pixels": 112 * 224}  # every frame of clip16: 8 units of 2x4 tokens
 CLASSES = {"glm4v": ("Glm4vForConditionalGeneration", "glm4v.processing_glm4v", "Glm4vProcessor"),
-           "glm46v": ("Glm46VForConditionalGeneration", "glm46v.processing_glm46v", "Glm46VProcessor")}
+           "glm46v": ("Glm46VForConditionalGeneration", "glm46v.processing_glm46v", "Glm46VProcessor"),
+           "glm4v_moe": ("Glm4vMoeForConditionalGeneration", "glm4v.processing_glm4v", "Glm4vProcessor")}
 
 
 @pytest.fixture(scope="module", params=FAMILIES)

@@ -15,6 +15,7 @@ ADAPTERS = {
     "qwen3_5_moe": "qwen3_5_moe:Qwen3_5MoeAdapter",
     "glm4v": "glm4v:Glm4vAdapter",
     "glm46v": "glm46v:Glm46VAdapter",
+    "glm4v_moe": "glm4v_moe:Glm4vMoeAdapter",
     "gemma4": "gemma4:Gemma4Adapter",
     "internvl": "internvl:InternVLAdapter",
     "llava_onevision": "llava_onevision:LlavaOnevisionAdapter",

@@ -329,7 +329,7 @@ def _glm4v(out: Path, seed: int, family: str) -> Path:
     import torch
     import transformers
 
-    template = GLM4V_TEMPLATE if family == "glm4v" else GLM46V_TEMPLATE
+    template = GLM4V_TEMPLATE if family == "glm4v" else GLM46V_TEMPLATE  # GLM-4.5V's as GLM-4.6V's
     tok = build_tokenizer(out, GLM_SPECIAL_TOKENS, template, "<|endoftext|>", "<|endoftext|>")
     ids = {t: tok.convert_tokens_to_ids(t) for t in GLM_SPECIAL_TOKENS}
     eos = [ids["<|endoftext|>"], ids["<|user|>"], ids["<|observation|>"]]  # as the hub's generation config
@@ -341,8 +341,13 @@ def _glm4v(out: Path, seed: int, family: str) -> Path:
     vision = {"model_type": "glm4v_vision", "depth": 2, "hidden_size": 32, "intermediate_size": 64,
               "num_heads": 2, "out_hidden_size": 64, "image_size": 56, "patch_size": 14,
               "spatial_merge_size": 2, "temporal_patch_size": 2, "in_channels": 3}
-    cls, name = (("Glm4vConfig", "Glm4vForConditionalGeneration"), "GLM-4.1V") if family == "glm4v" else \
-        (("Glm46VConfig", "Glm46VForConditionalGeneration"), "GLM-4.6V")
+    cls, name = {"glm4v": (("Glm4vConfig", "Glm4vForConditionalGeneration"), "GLM-4.1V"),
+                 "glm46v": (("Glm46VConfig", "Glm46VForConditionalGeneration"), "GLM-4.6V"),
+                 "glm4v_moe": (("Glm4vMoeConfig", "Glm4vMoeForConditionalGeneration"), "GLM-4.5V")}[family]
+    if family == "glm4v_moe":  # a dense first layer, then routed experts and a shared one
+        text.update(model_type="glm4v_moe_text", n_routed_experts=8, num_experts_per_tok=2,
+                    moe_intermediate_size=32, n_shared_experts=1, first_k_dense_replace=1)
+        vision["model_type"] = "glm4v_moe_vision"
     config = getattr(transformers, cls[0])(
         text_config=text, vision_config=vision, tie_word_embeddings=False,
         image_token_id=ids["<|image|>"], video_token_id=ids["<|video|>"],
@@ -419,6 +424,7 @@ FAMILIES = {
     "qwen3_5_moe": lambda out, seed: _qwen3(out, seed, "qwen3_5_moe"),
     "glm4v": lambda out, seed: _glm4v(out, seed, "glm4v"),
     "glm46v": lambda out, seed: _glm4v(out, seed, "glm46v"),
+    "glm4v_moe": lambda out, seed: _glm4v(out, seed, "glm4v_moe"),
     "gemma4": _gemma4,
     "internvl": _internvl,
     "llava_onevision": _llava_onevision,
