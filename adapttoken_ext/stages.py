@@ -106,7 +106,8 @@ class Plan:
         """A group (a short video whose units are ``group_stride`` apart) or the whole video."""
         spu = self.seconds_per_unit * (1 if whole_video else self.group_stride)
         t, n = self.frame_times_s, self.unit
-        return Clip(list(units), [(t[u * n] + t[u * n + n - 1]) / 2 for u in units], spu)
+        return Clip(list(units), [(t[u * n] + t[u * n + n - 1]) / 2 for u in units], spu,
+                    [t[u * n + j] for u in units for j in range(n)])
 
 
 _LETTERS = re.compile(r"^\s*\(?([A-Z])\s*[.):]\s*\S")

@@ -5,6 +5,7 @@ realistic bug is applied by hand to a copy of the checkout and the pipeline test
 
     python tools/seeded_mutants.py            # all mutants, prints killed / survived
     python tools/seeded_mutants.py -k decode  # those whose name contains "decode"
+    python tools/seeded_mutants.py -k gemma4 --tests python_tests/test_gemma4.py  # on one test file
 
 Needs the package built in place (``pip install --no-build-isolation -e .``).
 """
@@ -60,8 +61,8 @@ MUTANTS = {
                                          "min(budget, int(vis.sum())) - 1"),
     "position_bound_least_text": ("adapttoken_ext/models/base.py",
                                   "text.sort(descending=True)", "text.sort(descending=False)"),
-    "rope1d_mean_ignored": ("adapttoken_ext/models/common.py", "(frames.float() / 255.0 - self.mean.to(dev))",
-                            "(frames.float() / 255.0 - 0.5)"),
+    "rope1d_mean_ignored": ("adapttoken_ext/models/common.py", "(frames.float() - self.mean.to(dev) * 255.0)",
+                            "(frames.float() - 127.5)"),
     "llava_ov_newline_not_filled": ("adapttoken_ext/models/llava_onevision.py",
                                     "emb[newline] = self.model.model.image_newline.to(emb.device, emb.dtype)", "pass"),
     "llava_ov_newline_missing": ("adapttoken_ext/models/llava_onevision.py", "[self.video_token_id] * (n + 1)",
@@ -121,15 +122,46 @@ MUTANTS = {
                            "if False:"),
     "hook_not_restored": ("adapttoken_ext/models/attention_hook.py",
                           "        local.pop(name, None)\n", "        pass\n"),
+    "qwen3_5_moe_not_hybrid": ("adapttoken_ext/models/qwen3_5_moe.py", "from .qwen3_5 import Qwen3_5Adapter",
+                               "from .qwen3_vl import Qwen3VLAdapter as Qwen3_5Adapter"),
+    "qwen3_vl_moe_dense_class": ("adapttoken_ext/models/qwen3_vl_moe.py",
+                                 'MODEL_CLASS = "Qwen3VLMoeForConditionalGeneration"',
+                                 'MODEL_CLASS = "Qwen3VLForConditionalGeneration"'),
+    "glm4v_time_from_mean": ("adapttoken_ext/models/glm4v.py", "self.time_ids(clip.frame_times_s[i * self.unit])",
+                             "self.time_ids(clip.timestamps_s[i])"),
+    "glm4v_time_before_block": ("adapttoken_ext/models/glm4v.py",
+                                "[self.image_start_id] + [self.video_token_id] * tpu + [self.image_end_id] + text",
+                                "text + [self.image_start_id] + [self.video_token_id] * tpu + [self.image_end_id]"),
+    "glm4v_time_text_not_in_unit": ("adapttoken_ext/models/glm4v.py", "unit += [u] * (tpu + 2 + len(text))",
+                                    "unit += [u] * (tpu + 2) + [-1] * len(text)"),
+    "glm4v_budget_per_unit": ("adapttoken_ext/models/glm4v.py", "max_pixels=u * max_pixels)",
+                              "max_pixels=max_pixels)"),
+    "glm4v_moe_dense_class": ("adapttoken_ext/models/glm4v_moe.py",
+                              'MODEL_CLASS = "Glm4vMoeForConditionalGeneration"',
+                              'MODEL_CLASS = "Glm4vForConditionalGeneration"'),
+    "glm46v_time_format": ("adapttoken_ext/models/glm46v.py", 'f"{t:.1f} seconds"', 'f"{t:.0f} seconds"'),
+    "gemma4_no_bidirectional_blocks": ("adapttoken_ext/models/gemma4.py",
+                                       "types = (seq.visual_key >= 0).long() * 2", "types = None"),
+    "gemma4_minutes_unpadded": ("adapttoken_ext/models/gemma4.py", 'f"{int(t // 60):02d}:', 'f"{int(t // 60)}:'),
+    "gemma4_no_separator": ("adapttoken_ext/models/gemma4.py", '[(" " if i else "") + self.time_text(t)',
+                            '[self.time_text(t)'),
+    "gemma4_time_text_not_in_frame": ("adapttoken_ext/models/gemma4.py", "unit += [u] * (len(text) + tpu + 2)",
+                                      "unit += [-1] * len(text) + [u] * (tpu + 2)"),
+    "gemma4_reference_layer_sliding": ("adapttoken_ext/models/gemma4.py",
+                                       "return min(self.global_layers, key=lambda i: (abs(i - target), i))",
+                                       "return target"),
+    "gemma4_flash_allowed": ("adapttoken_ext/models/gemma4.py", 'if name and name.startswith("flash_attention"):',
+                             "if False:"),
 }
 
 TESTS = ["python_tests/test_sequence.py", "python_tests/test_positions.py", "python_tests/test_pipeline.py",
          "python_tests/test_qwen3.py",
          "python_tests/test_internvl.py", "python_tests/test_llava_onevision.py",
+         "python_tests/test_glm4v.py", "python_tests/test_gemma4.py",
          "-k", "not 10k_frames and not demo_console"]
 
 
-def run(name: str, file: str, old: str, new: str) -> bool:
+def run(name: str, file: str, old: str, new: str, tests=TESTS) -> bool:
     """True when the mutant is killed (a test fails)."""
     with tempfile.TemporaryDirectory() as tmp:
         copy = Path(tmp) / "repo"
@@ -140,7 +172,7 @@ def run(name: str, file: str, old: str, new: str) -> bool:
             raise SystemExit(f"{name}: the original text is not found exactly once in {file}")
         path.write_text(text.replace(old, new))
         env = dict(os.environ, PYTHONPATH=str(copy))
-        p = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *TESTS],
+        p = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
                            cwd=copy, env=env, capture_output=True, text=True)
         return p.returncode != 0
 
@@ -148,15 +180,18 @@ def run(name: str, file: str, old: str, new: str) -> bool:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-k", default="", help="only mutants whose name contains this")
+    ap.add_argument("--tests", nargs="+", default=None,
+                    help="test files to run on each mutant (default: all the pipeline and family tests)")
     args = ap.parse_args()
+    tests = args.tests or TESTS
     chosen = {k: v for k, v in MUTANTS.items() if args.k in k}
     file, old, _ = MUTANTS["queries_include_visual_rows"]
-    if run("baseline", file, old, old):
+    if run("baseline", file, old, old, tests):
         print("the unmutated copy fails its tests: fix that first")
         return 2
     survived = []
     for name, (file, old, new) in chosen.items():
-        killed = run(name, file, old, new)
+        killed = run(name, file, old, new, tests)
         print(f"{'killed  ' if killed else 'SURVIVED'} {name}", flush=True)
         if not killed:
             survived.append(name)

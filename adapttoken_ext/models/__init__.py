@@ -11,6 +11,12 @@ ADAPTERS = {
     "qwen2_5_vl": "qwen2_5_vl:Qwen2_5_VLAdapter",
     "qwen3_vl": "qwen3_vl:Qwen3VLAdapter",
     "qwen3_5": "qwen3_5:Qwen3_5Adapter",
+    "qwen3_vl_moe": "qwen3_vl_moe:Qwen3VLMoeAdapter",
+    "qwen3_5_moe": "qwen3_5_moe:Qwen3_5MoeAdapter",
+    "glm4v": "glm4v:Glm4vAdapter",
+    "glm46v": "glm46v:Glm46VAdapter",
+    "glm4v_moe": "glm4v_moe:Glm4vMoeAdapter",
+    "gemma4": "gemma4:Gemma4Adapter",
     "internvl": "internvl:InternVLAdapter",
     "llava_onevision": "llava_onevision:LlavaOnevisionAdapter",
 }

@@ -42,10 +42,13 @@ class Clip:
     seconds of each unit: the mean of its first and last frames' times (Qwen3-VL's
     temporal-patch time). ``seconds_per_unit``: the sampling interval
     between consecutive units of this clip (a group of an interleaved layout spans
-    ``G`` times the full video's interval)."""
+    ``G`` times the full video's interval). ``frame_times_s``: the time in seconds of
+    every frame of the clip, unit by unit (``len(units) * unit``; GLM-4V labels a unit
+    with its first frame's time)."""
     units: list[int]
     timestamps_s: list[float]
     seconds_per_unit: float
+    frame_times_s: list[float] = field(default_factory=list)
 
 
 @dataclass

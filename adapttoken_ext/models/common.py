@@ -225,9 +225,12 @@ class ChatVideoAdapter:
 
     def normalize(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 ``[T, 3, H, W]`` -> float32 rescaled by 1/255 and normalised by the
-        preprocessor's mean and std, as the family's video processor does."""
+        preprocessor's mean and std, as the family's video processor does: fused, in
+        float32, ``(x - 255 mean) / (255 std)`` (transformers' ``rescale_and_normalize``),
+        so the pixels are bitwise the processor's (models with mixture-of-experts layers
+        amplify a one-ulp difference to 1e-4 in the attention)."""
         dev = frames.device
-        return (frames.float() / 255.0 - self.mean.to(dev)) / self.std.to(dev)
+        return (frames.float() - self.mean.to(dev) * 255.0) / (self.std.to(dev) * 255.0)
 
     def fill_extra(self, seq, emb: torch.Tensor) -> None:
         """Embeddings of columns that are neither text nor visual tokens (none by default)."""

@@ -161,11 +161,21 @@ def _qwen3_vision(**extra):
                 num_position_embeddings=64, in_channels=3, **extra)
 
 
+# family -> (config class, model class, name); the MoE variants differ in their text MLPs only
+_QWEN3_CLASSES = {
+    "qwen3_vl": ("Qwen3VLConfig", "Qwen3VLForConditionalGeneration", "Qwen3-VL"),
+    "qwen3_vl_moe": ("Qwen3VLMoeConfig", "Qwen3VLMoeForConditionalGeneration", "Qwen3-VL-MoE"),
+    "qwen3_5": ("Qwen3_5Config", "Qwen3_5ForConditionalGeneration", "Qwen3.5"),
+    "qwen3_5_moe": ("Qwen3_5MoeConfig", "Qwen3_5MoeForConditionalGeneration", "Qwen3.5-MoE"),
+}
+
+
 def _qwen3(out: Path, seed: int, family: str) -> Path:
     import torch
     import transformers
 
-    template = QWEN3_VL_TEMPLATE if family == "qwen3_vl" else QWEN3_5_TEMPLATE
+    vl = family.startswith("qwen3_vl")
+    template = QWEN3_VL_TEMPLATE if vl else QWEN3_5_TEMPLATE
     tok = build_tokenizer(out, QWEN3_SPECIAL_TOKENS, template, "<|im_end|>", "<|endoftext|>")
     ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN3_SPECIAL_TOKENS}
     text = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
@@ -173,19 +183,24 @@ def _qwen3(out: Path, seed: int, family: str) -> Path:
                 max_position_embeddings=1 << 20, tie_word_embeddings=False,
                 bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
                 pad_token_id=ids["<|endoftext|>"])
-    if family == "qwen3_vl":
-        cfg_cls, model_cls, name = "Qwen3VLConfig", "Qwen3VLForConditionalGeneration", "Qwen3-VL"
+    cfg_cls, model_cls, name = _QWEN3_CLASSES[family]
+    if vl:
         text["rope_parameters"] = {"rope_type": "default", "rope_theta": 5e6,
                                    "mrope_section": [2, 3, 3], "mrope_interleaved": True}
         vision = _qwen3_vision(deepstack_visual_indexes=[0, 1])
     else:  # hybrid: Gated DeltaNet (linear) and full-attention layers
-        cfg_cls, model_cls, name = "Qwen3_5Config", "Qwen3_5ForConditionalGeneration", "Qwen3.5"
         text.update(rope_parameters={"rope_type": "default", "rope_theta": 1e7, "partial_rotary_factor": 0.5,
                                      "mrope_section": [2, 1, 1], "mrope_interleaved": True},
                     layer_types=["linear_attention", "full_attention", "full_attention", "linear_attention"],
                     linear_conv_kernel_dim=4, linear_key_head_dim=8, linear_value_head_dim=8,
                     linear_num_key_heads=2, linear_num_value_heads=4)
         vision = _qwen3_vision()
+    if family == "qwen3_vl_moe":  # every layer sparse (decoder_sparse_step 1), as released
+        text.update(num_experts=8, num_experts_per_tok=2, moe_intermediate_size=32)
+    elif family == "qwen3_5_moe":  # routed experts plus a shared expert, no dense MLP
+        del text["intermediate_size"]
+        text.update(num_experts=8, num_experts_per_tok=2, moe_intermediate_size=32,
+                    shared_expert_intermediate_size=32)
     config = getattr(transformers, cfg_cls)(
         text_config=text, vision_config=vision,
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
@@ -289,11 +304,128 @@ def _llava_onevision(out: Path, seed: int) -> Path:
         "size": {"height": 100, "width": 100}, "do_resize": True}, "LLaVA-OneVision")
 
 
+# GLM-4.1V's chat template (hub: zai-org/GLM-4.1V-9B-Thinking), condensed: system, user
+# (video, image, text items) and assistant turns. GLM-4.6V's generation prompt also takes
+# enable_thinking (an empty think block when it is false).
+_GLM_TURNS = (  # {{ '\\n' }}: the templates' newlines, which trim_blocks would eat after a tag
+    "[gMASK]<sop>{%- for msg in messages %}{%- if msg.role == 'system' %}<|system|>{{ '\\n' }}{{ msg.content }}"
+    "{%- elif msg.role == 'user' %}<|user|>{{ '\\n' }}{%- if msg.content is string %}{{ msg.content }}{%- else %}"
+    "{%- for item in msg.content %}{%- if item.type == 'video' or 'video' in item %}"
+    "<|begin_of_video|><|video|><|end_of_video|>"
+    "{%- elif item.type == 'image' or 'image' in item %}<|begin_of_image|><|image|><|end_of_image|>"
+    "{%- elif item.type == 'text' %}{{ item.text }}{%- endif %}{%- endfor %}{%- endif %}"
+    "{%- elif msg.role == 'assistant' %}<|assistant|>{{ '\\n' }}{{ msg.content }}{%- endif %}{%- endfor %}"
+)
+GLM4V_TEMPLATE = _GLM_TURNS + "{%- if add_generation_prompt %}<|assistant|>{{ '\\n' }}{%- endif %}"
+GLM46V_TEMPLATE = _GLM_TURNS + (
+    "{%- if add_generation_prompt %}<|assistant|>"
+    "{%- if enable_thinking is defined and not enable_thinking %}{{ '\\n<think></think>' }}{%- endif %}{%- endif %}")
+GLM_SPECIAL_TOKENS = ["<|endoftext|>", "[gMASK]", "<sop>", "<|system|>", "<|user|>", "<|assistant|>",
+                      "<|observation|>", "<|begin_of_image|>", "<|end_of_image|>", "<|begin_of_video|>",
+                      "<|end_of_video|>", "<|image|>", "<|video|>", "<think>", "</think>"]
+
+
+def _glm4v(out: Path, seed: int, family: str) -> Path:
+    import torch
+    import transformers
+
+    template = GLM4V_TEMPLATE if family == "glm4v" else GLM46V_TEMPLATE  # GLM-4.5V's as GLM-4.6V's
+    tok = build_tokenizer(out, GLM_SPECIAL_TOKENS, template, "<|endoftext|>", "<|endoftext|>")
+    ids = {t: tok.convert_tokens_to_ids(t) for t in GLM_SPECIAL_TOKENS}
+    eos = [ids["<|endoftext|>"], ids["<|user|>"], ids["<|observation|>"]]  # as the hub's generation config
+    text = {"model_type": "glm4v_text", "vocab_size": len(tok), "hidden_size": 64, "intermediate_size": 128,
+            "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "max_position_embeddings": 1 << 20, "eos_token_id": eos, "pad_token_id": ids["<|endoftext|>"],
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.5,
+                                "mrope_section": [2, 1, 1]}}
+    vision = {"model_type": "glm4v_vision", "depth": 2, "hidden_size": 32, "intermediate_size": 64,
+              "num_heads": 2, "out_hidden_size": 64, "image_size": 56, "patch_size": 14,
+              "spatial_merge_size": 2, "temporal_patch_size": 2, "in_channels": 3}
+    cls, name = {"glm4v": (("Glm4vConfig", "Glm4vForConditionalGeneration"), "GLM-4.1V"),
+                 "glm46v": (("Glm46VConfig", "Glm46VForConditionalGeneration"), "GLM-4.6V"),
+                 "glm4v_moe": (("Glm4vMoeConfig", "Glm4vMoeForConditionalGeneration"), "GLM-4.5V")}[family]
+    if family == "glm4v_moe":  # a dense first layer, then routed experts and a shared one
+        text.update(model_type="glm4v_moe_text", n_routed_experts=8, num_experts_per_tok=2,
+                    moe_intermediate_size=32, n_shared_experts=1, first_k_dense_replace=1)
+        vision["model_type"] = "glm4v_moe_vision"
+    config = getattr(transformers, cls[0])(
+        text_config=text, vision_config=vision, tie_word_embeddings=False,
+        image_token_id=ids["<|image|>"], video_token_id=ids["<|video|>"],
+        image_start_token_id=ids["<|begin_of_image|>"], image_end_token_id=ids["<|end_of_image|>"],
+        video_start_token_id=ids["<|begin_of_video|>"], video_end_token_id=ids["<|end_of_video|>"])
+    torch.manual_seed(seed)
+    model = getattr(transformers, cls[1])(config).eval()
+    model.generation_config.eos_token_id = eos
+    widen_init(model)
+    pre = {"image_mean": [0.48145466, 0.4578275, 0.40821073],
+           "image_std": [0.26862954, 0.26130258, 0.27577711], "patch_size": 14,
+           "temporal_patch_size": 2, "merge_size": 2,
+           "size": {"shortest_edge": 112 * 112, "longest_edge": 2 * 112 * 224}}
+    (out / "video_preprocessor_config.json").write_text(json.dumps(pre, indent=1))
+    return _save(model, out, pre, name)
+
+
+# Gemma 4's chat template (hub: google/gemma-4-E2B-it), condensed: turns and the image,
+# video and text items; no system-prompt thinking switch (thinking is off unless asked for).
+GEMMA4_TEMPLATE = (
+    "{{ bos_token }}{%- for message in messages %}"
+    "<|turn>{{ 'model' if message.role == 'assistant' else message.role }}{{ '\\n' }}"
+    "{%- if message.content is string %}{{ message.content }}{%- else %}{%- for item in message.content %}"
+    "{%- if item.type == 'image' %}<|image|>{%- elif item.type == 'video' %}<|video|>"
+    "{%- elif item.type == 'text' %}{{ item.text }}{%- endif %}{%- endfor %}{%- endif %}<turn|>{{ '\\n' }}"
+    "{%- endfor %}{%- if add_generation_prompt %}<|turn>model{{ '\\n' }}{%- endif %}"
+)
+GEMMA4_SPECIAL_TOKENS = ["<pad>", "<eos>", "<bos>", "<|turn>", "<turn|>", "<|image>", "<image|>",
+                         "<|image|>", "<|video|>", "<|audio>", "<audio|>", "<|audio|>"]
+
+
+def _gemma4(out: Path, seed: int) -> Path:
+    import torch
+    from transformers import Gemma4Config, Gemma4ForConditionalGeneration
+
+    tok = build_tokenizer(out, GEMMA4_SPECIAL_TOKENS, GEMMA4_TEMPLATE, "<eos>", "<pad>", bos_token="<bos>")
+    ids = {t: tok.convert_tokens_to_ids(t) for t in GEMMA4_SPECIAL_TOKENS}
+    eos = [ids["<eos>"], ids["<turn|>"]]  # as the hub's generation config
+    # 6 layers, global ones at 2 and 5 (round(0.7 * 6) = 4 is a sliding one); a window of 8
+    # keys, so the sliding layers' text queries miss the early frames; frames attend to
+    # themselves bidirectionally (the larger checkpoints' "vision" setting); per-layer
+    # embeddings as the E2B / E4B checkpoints have
+    text = {"vocab_size": len(tok), "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 6,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "global_head_dim": 32,
+            "layer_types": ["sliding_attention", "sliding_attention", "full_attention"] * 2,
+            "sliding_window": 8, "use_bidirectional_attention": "vision", "final_logit_softcapping": 30.0,
+            "hidden_size_per_layer_input": 8, "vocab_size_per_layer_input": len(tok),
+            "max_position_embeddings": 1 << 20, "pad_token_id": ids["<pad>"], "eos_token_id": eos,
+            "bos_token_id": ids["<bos>"]}
+    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+              "num_key_value_heads": 2, "head_dim": 16, "patch_size": 16, "pooling_kernel_size": 3,
+              "position_embedding_size": 64}
+    config = Gemma4Config(
+        text_config=text, vision_config=vision, audio_config=None,
+        boi_token_id=ids["<|image>"], eoi_token_id=ids["<image|>"], image_token_id=ids["<|image|>"],
+        video_token_id=ids["<|video|>"], boa_token_id=ids["<|audio>"], eoa_token_index=ids["<audio|>"],
+        audio_token_id=ids["<|audio|>"])
+    torch.manual_seed(seed)
+    model = Gemma4ForConditionalGeneration(config).eval()
+    model.generation_config.eos_token_id = eos
+    widen_init(model)
+    pre = {"image_mean": [0.0, 0.0, 0.0], "image_std": [1.0, 1.0, 1.0], "patch_size": 16,
+           "pooling_kernel_size": 3, "max_soft_tokens": 70}
+    (out / "video_preprocessor_config.json").write_text(json.dumps(pre, indent=1))
+    return _save(model, out, pre, "Gemma 4")
+
+
 # HF model_type -> builder(out_dir, seed) writing a loadable checkpoint into out_dir
 FAMILIES = {
     "qwen2_5_vl": _qwen2_5_vl,
     "qwen3_vl": lambda out, seed: _qwen3(out, seed, "qwen3_vl"),
     "qwen3_5": lambda out, seed: _qwen3(out, seed, "qwen3_5"),
+    "qwen3_vl_moe": lambda out, seed: _qwen3(out, seed, "qwen3_vl_moe"),
+    "qwen3_5_moe": lambda out, seed: _qwen3(out, seed, "qwen3_5_moe"),
+    "glm4v": lambda out, seed: _glm4v(out, seed, "glm4v"),
+    "glm46v": lambda out, seed: _glm4v(out, seed, "glm46v"),
+    "glm4v_moe": lambda out, seed: _glm4v(out, seed, "glm4v_moe"),
+    "gemma4": _gemma4,
     "internvl": _internvl,
     "llava_onevision": _llava_onevision,
 }
