@@ -134,15 +134,46 @@ def _config(args, demo: bool):
 
 
 def format_table(result) -> str:
-    """Per-group table: time span (s), frames, tokens, entropy, budget, selected."""
+    """Per-group table: time span (s), frames, tokens, entropy, budget, selected, tokens
+    step 7 dropped as redundant, and whether the group ran out of non-redundant candidates."""
     t = dict(zip(result.frames, result.timestamps_s))
-    lines = [f"{'group':>5} {'seconds':>15} {'frames':>6} {'tokens':>7} {'entropy':>8} {'budget':>7} {'selected':>8}"]
+    lines = [f"{'group':>5} {'seconds':>15} {'frames':>6} {'tokens':>7} {'entropy':>8} {'budget':>7} "
+             f"{'selected':>8} {'redundant':>9} {'ran out':>7}"]
     for g in result.groups:
         span = f"{t[g.frames[0]]:.1f}-{t[g.frames[-1]]:.1f}" if g.frames else "-"
         h = "-" if g.entropy is None else f"{g.entropy:.4f}"
         lines.append(f"{g.index:>5} {span:>15} {len(g.frames):>6} {g.num_tokens:>7} {h:>8} "
-                     f"{g.budget:>7} {g.selected:>8}")
+                     f"{g.budget:>7} {g.selected:>8} {g.redundant:>9} {'yes' if g.ran_out else '':>7}")
     return "\n".join(lines)
+
+
+def why_lines(result, reference_layer: int, threshold) -> list[str]:
+    """Why these tokens and this many (printed by ``answer`` and ``demo``): the budget's
+    cap (step 5), the entropy-led allocation (steps 4-6) and step 7's drops."""
+    out = []
+    kept, total = len(result.selected_tokens), sum(g.num_tokens for g in result.groups)
+    if result.budget_capped:
+        out.append(f"why: --budget {result.budget} capped at {result.budget_used}: the visited "
+                   f"groups hold only {total} visual tokens")
+    if result.method == "entropyselect":
+        out.append("why: EntropySelect ignores the question: each unit got a budget share by its mean "
+                   "score (low local entropy of the vision tokens, Sobel edges), spread over its grid "
+                   "cells, then the best-scored tokens were kept.")
+        return out
+    best = min(result.groups, key=lambda g: g.entropy)
+    out.append(f"why: group {best.index} had the lowest answer entropy ({best.entropy:.3f} nats), so it "
+               f"got the largest share of the budget ({best.budget} tokens); inside each group the "
+               f"tokens with the highest question-to-video attention at layer {reference_layer} were kept.")
+    dropped = sum(g.redundant for g in result.groups)
+    if dropped:
+        short = [g.index for g in result.groups if g.ran_out]
+        line = (f"why: step 7 dropped {dropped} tokens as redundant (cosine > {threshold} with the "
+                f"nearest earlier kept token at the same place) and refilled from the next-ranked ones")
+        if short:
+            line += (f"; group(s) {', '.join(map(str, short))} ran out of non-redundant candidates, so "
+                     f"{kept} of {result.budget_used} tokens were kept")
+        out.append(line)
+    return out
 
 
 def plot(result, path: str, title: str = "") -> None:
@@ -220,15 +251,9 @@ def main(argv=None) -> int:
     print(f"kept {len(result.selected_tokens)} of {sum(g.num_tokens for g in result.groups)} visual "
           f"tokens from {n} group(s); " + (f"Lite stopped after group {result.stopped_after_group}"
                                            if result.stopped_after_group is not None else "all groups visited"))
-    if demo and result.method == "entropyselect":
-        print("why: EntropySelect ignores the question: each unit got a budget share by its mean "
-              "score (low local entropy of the vision tokens, Sobel edges), spread over its grid "
-              "cells, then the best-scored tokens were kept.")
-    elif demo:
-        best = min(result.groups, key=lambda g: g.entropy)
-        print(f"why: group {best.index} had the lowest answer entropy ({best.entropy:.3f} nats), so it "
-              f"got the largest share of the budget ({best.budget} tokens); inside each group the "
-              f"tokens with the highest question-to-video attention at layer {at.reference_layer} were kept.")
+    for line in why_lines(result, at.reference_layer, config.redundancy_threshold):
+        print(line)
+    if result.method == "adapttoken":
         top = sorted(result.selected_tokens, key=lambda x: -x["score"])[:5]
         print("top tokens (seconds, row, col, score): " +
               ", ".join(f"({x['time_s']:.2f}, {x['h']}, {x['w']}, {x['score']:.3f})" for x in top))
