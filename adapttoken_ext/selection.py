@@ -391,9 +391,7 @@ class _Resolver:
             r0 = self.next[g]
             r1 = min(len(c), r0 + self.b[g] - self.kept[g])
             c.fetch(r0, r1)  # one batch of rows (re-encodes the group at most once)
-            for r in range(r0, r1):
-                if self.kept[g] == self.b[g]:
-                    break
+            for r in range(r0, r1):  # at most the shortfall: never more than B_g kept
                 self.next[g] = r + 1
                 p, walked, x = self.pos[g][r], self.at.setdefault(self.loc[g][r], []), (g, r)
                 i = bisect.bisect_left(walked, (p,))
@@ -407,8 +405,6 @@ class _Resolver:
                 self.state[g][r] = _KEPT
                 self.kept[g] += 1
                 walked.insert(i, (p, g, r))
-            for r in range(self.next[g], r1):  # fetched, not reached: not held
-                c.forget(r)
         c.release()
 
 
