@@ -394,6 +394,22 @@ def test_refill_reencodes_once_and_ties():
     assert _select([c], [2], 1, torch.arange(4), None) == [[0, 1]] and c.reencodes == 1
 
 
+def test_a_drop_late_in_a_walk_is_walked_again():
+    # p ~ n and x ~ n, p not ~ x; n scores highest. The first walk keeps x against p, then n
+    # drops x; p and n now meet through the dropped x, and the second walk drops p.
+    p, x, n = (1.0, 0.0), (0.0, 1.0), (1.0, 1.0)
+    assert _select([_line([n, p, x], [0.9, 0.5, 0.4], units=[2, 0, 1])], [3], 1, torch.arange(3), 0.6) == [[0]]
+
+
+def test_refill_batches_share_one_reencode():
+    # six alike units, three held: step 1 keeps unit 0 (1, 2 dropped); the first batch (ranks
+    # 3, 4) re-encodes: 3 is rejected, 4 kept; the second batch (rank 5) reuses that encoding
+    e = (1.0, 0.0)
+    c = _line([e] * 6, [0.9, 0.8, 0.7, 0.6, 0.5, 0.4], hold=3)
+    assert _select([c], [3], 1, torch.arange(6), 0.9) == [[0, 4]]
+    assert c.reencodes == 1 and c.redundant == 4 and c.counter.rows == 2  # the kept rows only
+
+
 def test_refill_never_displaces_a_kept_token():
     e = (1.0, 0.0)
     # budget 2: units 0, 1 admitted, unit 1 dropped; the refill's unit 2 (score 0.7, higher

@@ -122,7 +122,7 @@ MUTANTS = {
                               "idx = torch.tensor(ranks)", "selection"),
     "step7_ran_out_not_reported": ("adapttoken_ext/stages.py", "r.ran_out = k.numel() < b", "r.ran_out = False",
                                    "why"),
-    "budget_cap_not_reported": ("adapttoken_ext/pipeline.py",
+    "step7_budget_cap_not_reported": ("adapttoken_ext/pipeline.py",
                                 "budget_capped=cfg.budget > sum(r.num_tokens for r in records)",
                                 "budget_capped=False", "why"),
 }
