@@ -183,12 +183,12 @@ class GroupCandidates:
 
     The ranking (keys, scores, encoding rows of all ``N`` tokens) is cheap and always held.
     Embedding rows are held for ranks ``[0, hold)`` from the start (copied from ``embeds``,
-    which is not kept), for kept tokens, and for a reserve after :meth:`release`; a dropped
-    token's row is freed at once (:meth:`forget`). The re-encoding policy: when the
-    selection asks for a rank whose row is not held, ``encode()`` re-encodes the group and
-    the encoding stays alive until :meth:`release`, which copies the rows of the next
-    ``reserve`` unwalked ranks and frees it. With ``encode`` None only ranks ``[0, hold)``
-    are candidates.
+    which is not kept) and for the ranks fetched since; a dropped token's row is freed at
+    once (:meth:`forget`). The re-encoding policy: when the selection fetches a rank whose
+    row is not held, ``encode()`` re-encodes the group and that encoding serves every
+    later fetch until :meth:`release` frees it (the end of the group's refill), so a
+    group is re-encoded at most once. With ``encode`` None only ranks ``[0, hold)`` are
+    candidates.
 
     Args:
         keys: int64 ``[N]`` global keys ``unit * tokens_per_unit + h * cols + w``, best first.
