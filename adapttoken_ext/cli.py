@@ -222,7 +222,8 @@ def _check_video(path: str) -> None:
 
 def format_table(result, layout: str = "contiguous", unit: int = 1) -> str:
     """Per-group table: the span (s) from the group's first to its last sampled frame, the
-    time between its units (``every``), frames, tokens, entropy, budget, selected. A first
+    time between its units (``every``), frames, tokens, entropy, budget, selected, tokens step 7
+    dropped as redundant and whether the group ran out of non-redundant candidates. A first
     line says the layout: under ``interleaved`` each group samples the whole clip every
     ``G`` units, so every span is the whole clip and ``every`` tells the groups apart.
     ``unit``: frames per temporal unit (the adapter's)."""
@@ -231,15 +232,44 @@ def format_table(result, layout: str = "contiguous", unit: int = 1) -> str:
     head = (f"layout: interleaved: group g holds units g, g+{n}, g+{2 * n}, ... of {n} groups, so "
             "each spans the whole clip" if layout == "interleaved" and n > 1 else f"layout: {layout}")
     lines = [head, (f"{'group':>5} {'seconds':>15} {'every':>7} {'frames':>6} {'tokens':>7} "
-                    f"{'entropy':>8} {'budget':>7} {'selected':>8}")]
+                    f"{'entropy':>8} {'budget':>7} {'selected':>8} {'redundant':>9} {'ran out':>7}")]
     for g in result.groups:
         span = f"{t[g.frames[0]]:.1f}-{t[g.frames[-1]]:.1f}" if g.frames else "-"
         starts = [t[f] for f in g.frames[::unit]]
         every = f"{(starts[-1] - starts[0]) / (len(starts) - 1):.2f}" if len(starts) > 1 else "-"
         h = "-" if g.entropy is None else f"{g.entropy:.4f}"
         lines.append(f"{g.index:>5} {span:>15} {every:>7} {len(g.frames):>6} {g.num_tokens:>7} {h:>8} "
-                     f"{g.budget:>7} {g.selected:>8}")
+                     f"{g.budget:>7} {g.selected:>8} {g.redundant:>9} {'yes' if g.ran_out else '':>7}")
     return "\n".join(lines)
+
+
+def why_lines(result, reference_layer: int, threshold) -> list[str]:
+    """Why these tokens and this many (printed by ``answer`` and ``demo``): the budget's
+    cap (step 5), the entropy-led allocation (steps 4-6) and step 7's drops."""
+    out = []
+    kept, total = len(result.selected_tokens), sum(g.num_tokens for g in result.groups)
+    if result.budget_capped:
+        out.append(f"why: --budget {result.budget} capped at {result.budget_used}: the visited "
+                   f"groups hold only {total} visual tokens")
+    if result.method == "entropyselect":
+        out.append("why: EntropySelect ignores the question: each unit got a budget share by its mean "
+                   "score (low local entropy of the vision tokens, Sobel edges), spread over its grid "
+                   "cells, then the best-scored tokens were kept.")
+        return out
+    best = min(result.groups, key=lambda g: g.entropy)
+    out.append(f"why: group {best.index} had the lowest answer entropy ({best.entropy:.3f} nats), so it "
+               f"got the largest share of the budget ({best.budget} tokens); inside each group the "
+               f"tokens with the highest question-to-video attention at layer {reference_layer} were kept.")
+    dropped = sum(g.redundant for g in result.groups)
+    if dropped:
+        short = [g.index for g in result.groups if g.ran_out]
+        line = (f"why: step 7 dropped {dropped} tokens as redundant (cosine > {threshold} with the "
+                f"nearest earlier kept token at the same place) and refilled from the next-ranked ones")
+        if short:
+            line += (f"; group(s) {', '.join(map(str, short))} ran out of non-redundant candidates, so "
+                     f"{kept} of {result.budget_used} tokens were kept")
+        out.append(line)
+    return out
 
 
 def lite_line(result, lite: bool) -> str:
@@ -348,15 +378,9 @@ def main(argv=None) -> int:
     n = len(result.groups)
     print(f"kept {len(result.selected_tokens)} of {sum(g.num_tokens for g in result.groups)} visual "
           f"tokens from {n} group(s); {lite_line(result, config.lite)}")
-    if demo and result.method == "entropyselect":
-        print("why: EntropySelect ignores the question: each unit got a budget share by its mean "
-              "score (low local entropy of the vision tokens, Sobel edges), spread over its grid "
-              "cells, then the best-scored tokens were kept.")
-    elif demo:
-        best = min(result.groups, key=lambda g: g.entropy)
-        print(f"why: group {best.index} had the lowest answer entropy ({best.entropy:.3f} nats), so it "
-              f"got the largest share of the budget ({best.budget} tokens); inside each group the "
-              f"tokens with the highest question-to-video attention at layer {at.reference_layer} were kept.")
+    for line in why_lines(result, at.reference_layer, config.redundancy_threshold):
+        print(line)
+    if result.method == "adapttoken":
         top = sorted(result.selected_tokens, key=lambda x: -x["score"])[:5]
         print("top tokens (seconds, row, col, score): " +
               ", ".join(f"({x['time_s']:.2f}, {x['h']}, {x['w']}, {x['score']:.3f})" for x in top))

@@ -34,8 +34,13 @@ class AdaptTokenResult:
     ``timings_s`` has one entry per
     stage in :data:`STAGES` plus ``total``; ``peak_memory_bytes`` has ``host_rss`` and, on
     GPU, ``cuda``. ``candidate_rows_peak``: the most candidate embeddings held on the
-    host at once (rows of ``hidden``). ``stop_threshold``: Lite's tau in nats (method.md
-    step 8) when ``lite`` is on, else None."""
+    host at once (rows of ``hidden``); ``reencodes``: groups encoded again for step 7's
+    refill (at most one per group on static video). ``budget_used``: the tokens the groups
+    could be given, ``min(budget, visual tokens of the visited groups)`` (method.md step 5);
+    ``budget_capped``: ``budget`` exceeded those tokens, so ``budget_used`` is smaller.
+    Each group's ``redundant`` and ``ran_out`` say why fewer than ``budget_used`` tokens
+    can be kept (step 7).
+    ``stop_threshold``: Lite's tau in nats (method.md step 8) when ``lite`` is on, else None."""
     answer: str
     model: str
     frames: list[int]
@@ -48,6 +53,9 @@ class AdaptTokenResult:
     peak_memory_bytes: dict
     tiny_model: bool = False
     candidate_rows_peak: int = 0
+    reencodes: int = 0
+    budget_used: int = 0
+    budget_capped: bool = False
     method: str = "adapttoken"
     stop_threshold: float | None = None
     grid: tuple = field(default=(0, 0))
@@ -220,13 +228,14 @@ class AdaptToken:
             reader.plan(plan.frames, *plan.size)
         if method == "entropyselect":
             records, keys, scores, kept = stages.entropyselect(ad, reader, plan, cfg, timer, progress)
-            stopped, peak_rows = None, sum(r.num_tokens for r in records)
+            stopped, peak_rows, reencodes = None, sum(r.num_tokens for r in records), 0
         else:
-            records, pool, stopped = stages.scan_groups(ad, self.capture, reader, plan, cfg, timer,
-                                                        progress, encode)
-            keys, scores, kept = self._select(plan, records, pool, reader, timer, encode)
-            peak_rows = pool.peak_rows
-            del pool
+            records, cands, stopped = stages.scan_groups(ad, self.capture, reader, plan, cfg, timer,
+                                                         progress, encode)
+            keys, scores, kept = self._select(plan, records, cands, reader, timer, encode)
+            peak_rows = cands[0].counter.peak
+            reencodes = sum(c.reencodes for c in cands)
+            del cands
         out_ids = stages.final_pass(ad, plan, keys, kept, timer)
         timings = dict(timer.t)
         timings["total"] = time.perf_counter() - t_start
@@ -243,22 +252,18 @@ class AdaptToken:
             timestamps_s=plan.frame_times_s, groups=records,
             budget=cfg.budget, selected_tokens=tokens, stopped_after_group=stopped,
             timings_s=timings, peak_memory_bytes=mem, tiny_model=self.tiny,
-            candidate_rows_peak=peak_rows, method=method, grid=plan.grid,
+            candidate_rows_peak=peak_rows, reencodes=reencodes,
+            budget_used=sum(r.budget for r in records),
+            budget_capped=cfg.budget > sum(r.num_tokens for r in records), method=method, grid=plan.grid,
             stop_threshold=plan.stop_threshold if cfg.lite else None)
 
-    def _select(self, plan, records, pool, reader, timer, encoder=None):
+    def _select(self, plan, records, cands, reader, timer, encoder=None):
         """Steps 5-7; a refill's re-encoding (through ``encoder`` when given) counts as
-        decode and vision time, not selection, and the last re-encoded group is kept for
-        the next refill round."""
-        cache = {}
-
+        decode and vision time, not selection."""
         def encode(g):
-            if g not in cache:
-                cache.clear()
-                cache[g] = encoder(g) if encoder else stages.encode_group(self.adapter, reader, plan, g, timer)
-            return cache[g]
+            return encoder(g) if encoder else stages.encode_group(self.adapter, reader, plan, g, timer)
         before = timer.t["decode"] + timer.t["vision_encoder"]
         with timer("selection"):
-            out = stages.allocate_and_select(plan, self.config, records, pool, encode)
+            out = stages.allocate_and_select(plan, self.config, records, cands, encode)
         timer.t["selection"] -= timer.t["decode"] + timer.t["vision_encoder"] - before
         return out

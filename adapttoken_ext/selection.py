@@ -8,14 +8,13 @@ and :func:`select_tokens` (steps 6-7).
 """
 from __future__ import annotations
 
+import bisect
 import math
-from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
-__all__ = ["make_groups", "allocate_budget", "budget_bound", "stop_threshold", "Candidates",
-           "select_tokens"]
+__all__ = ["make_groups", "allocate_budget", "budget_bound", "stop_threshold", "RowCounter",
+           "GroupCandidates", "select_tokens"]
 
 
 def make_groups(num_units: int, units_per_group: int, layout: str = "interleaved") -> list[list[int]]:
@@ -166,135 +165,313 @@ def stop_threshold(num_options: int | None) -> float:
     return 0.1 * math.log(num_options) if num_options else 0.1
 
 
-@dataclass
-class Candidates:
-    """One group's ranked candidate tokens (method.md step 6), best first.
+class RowCounter:
+    """Candidate embedding rows held on the host, now and at most (shared by the groups)."""
 
-    Attributes:
-        keys: int64 ``[C]`` global keys ``unit * tokens_per_unit + h * cols + w``.
-        scores: float32 ``[C]``, descending (candidate order is rank order).
-        embeddings: ``[C, hidden]`` post-merger embeddings, any float dtype.
-    """
-    keys: torch.Tensor
-    scores: torch.Tensor
-    embeddings: torch.Tensor
+    def __init__(self):
+        self.rows = self.peak = 0
 
-    def __post_init__(self):
-        C = self.keys.shape[0] if self.keys.dim() == 1 else -1
-        if C < 0 or self.keys.dtype != torch.int64:
-            raise ValueError("keys: must be a 1-D int64 tensor")
-        if tuple(self.scores.shape) != (C,):
-            raise ValueError(f"scores: must have shape [{C}], got {tuple(self.scores.shape)}")
-        if self.embeddings.dim() != 2 or self.embeddings.shape[0] != C:
-            raise ValueError(f"embeddings: must have shape [{C}, hidden], "
-                             f"got {tuple(self.embeddings.shape)}")
+    def add(self, n: int) -> None:
+        self.rows += n
+        self.peak = max(self.peak, self.rows)
 
 
-def select_tokens(candidates: list[Candidates], budgets: torch.Tensor, tokens_per_unit: int,
-                  encoded_units: torch.Tensor, threshold: float | None,
-                  more: Callable[[int], Candidates | None] | None = None,
-                  max_rounds: int = 10_000) -> list[torch.Tensor]:
-    """Per-group top-``B_g`` selection with location-aware redundancy removal and refill
-    (method.md steps 6-7).
+class GroupCandidates:
+    """One group's candidates for steps 6-7 (method.md): every token of the group ranked by
+    score, the embeddings and side rows of the ranks the selection may still use, and the
+    policy for re-encoding the group.
 
-    Group g's selection ``S_g`` is its first ``B_g`` candidates that are not dropped
-    (``threshold`` None: its first ``B_g``, step 6). When its candidates run out first,
-    ``more(g)`` is called for the next ones, which are appended to ``candidates[g]`` in
-    place, until ``B_g`` is reached or it returns None (step 7, refill).
-
-    Step 7's rule. A token at (unit u, location l)'s partner is the token at l in the
-    previous entry of ``encoded_units`` (under Lite, unvisited units are skipped). A round
-    walks, per location, the selected and dropped tokens in temporal order with a
-    reference ``ref``: a token whose unit does not directly follow the previous walked one
-    in ``encoded_units`` breaks the chain (``ref`` = None); a dropped token passes the
-    chain on (``ref`` unchanged), so a token whose partner was dropped meets the nearest
-    earlier kept token at l; a kept token x with ``cosine(x, ref) > threshold`` (float32; a
-    zero vector has cosine 0) drops the lower-scored of the two (x on a tie) and the
-    survivor becomes ``ref``, otherwise ``ref = x``. Drops are sticky; after a round with
-    drops every ``S_g`` is recomputed (refilled) and walked again, until a round drops
-    nothing or ``max_rounds`` rounds ran.
+    The ranking (keys, scores, encoding rows of all ``N`` tokens) is cheap and always held.
+    Embedding rows are held for ranks ``[0, hold)`` from the start (copied from ``embeds``,
+    which is not kept) and for the ranks fetched since; a dropped token's row is freed at
+    once (:meth:`forget`). The re-encoding policy: when the selection fetches a rank whose
+    row is not held, ``encode()`` re-encodes the group and that encoding serves every
+    later fetch until :meth:`release` frees it (the end of the group's refill), so a
+    group is re-encoded at most once. With ``encode`` None only ranks ``[0, hold)`` are
+    candidates.
 
     Args:
-        candidates: per group, its :class:`Candidates` (extended in place by ``more``).
+        keys: int64 ``[N]`` global keys ``unit * tokens_per_unit + h * cols + w``, best first.
+        scores: float32 ``[N]``, descending (candidate order is rank order).
+        rows: int64 ``[N]``: each rank's row in the group's encoding.
+        embeds: ``[R, hidden]`` the group's encoding (any float dtype and device).
+        side: per-token side inputs, each ``[R, ...]`` in the same rows.
+        hold: ranks whose rows are held from the start.
+        encode: ``() -> (embeds, side)``: the group's encoding again, same rows; or None.
+        counter: the :class:`RowCounter` counting held rows (one per run).
+
+    Attributes:
+        reencodes: how often ``encode`` was called.
+        redundant: tokens of the group that :func:`select_tokens` dropped as redundant.
+
+    Raises:
+        ValueError: naming ``keys``, ``scores``, ``rows`` or ``embeds`` on bad shapes.
+    """
+
+    def __init__(self, keys, scores, rows, embeds, side=None, hold=None, encode=None,
+                 counter: RowCounter | None = None):
+        N = keys.shape[0] if keys.dim() == 1 else -1
+        if N < 0 or keys.dtype != torch.int64:
+            raise ValueError("keys: must be a 1-D int64 tensor")
+        if tuple(scores.shape) != (N,):
+            raise ValueError(f"scores: must have shape [{N}], got {tuple(scores.shape)}")
+        if tuple(rows.shape) != (N,) or rows.dtype != torch.int64:
+            raise ValueError(f"rows: must be int64 of shape [{N}]")
+        if embeds.dim() != 2 or (N and int(rows.max()) >= embeds.shape[0]) or (N and int(rows.min()) < 0):
+            raise ValueError(f"embeds: must be [rows, hidden] covering every row, got {tuple(embeds.shape)}")
+        hold = N if hold is None else max(0, min(int(hold), N))
+        self.keys, self.scores, self.rows = keys, scores.float(), rows
+        self.encode, self.counter = encode, counter or RowCounter()
+        self.reencodes = 0
+        self.redundant = 0  # tokens step 7 dropped (set by select_tokens)
+        self._limit = hold  # the candidates without ``encode``
+        self._shape = (tuple(embeds.shape[1:]), embeds.dtype,
+                       {k: (tuple(v.shape[1:]), v.dtype) for k, v in (side or {}).items()})
+        self._emb: dict[int, torch.Tensor] = {}
+        self._side: dict[int, dict] = {}
+        self._live = None
+        self._copy(range(hold), embeds, side or {})
+
+    def __len__(self) -> int:
+        """The number of candidates: all ``N`` tokens, or the held ranks without ``encode``."""
+        return self.keys.numel() if self.encode is not None else self._limit
+
+    def _copy(self, ranks, embeds, side) -> None:
+        ranks = [r for r in ranks if r not in self._emb]
+        if not ranks:
+            return
+        idx = self.rows[torch.tensor(ranks)]
+        block = embeds[idx.to(embeds.device)].cpu()
+        parts = {k: v[idx.to(v.device)].cpu() for k, v in side.items()}
+        for i, r in enumerate(ranks):  # own copies: a freed row frees its memory
+            self._emb[r] = block[i].clone()
+            self._side[r] = {k: v[i].clone() for k, v in parts.items()}
+        self.counter.add(len(ranks))
+
+    def fetch(self, start: int, stop: int) -> None:
+        """Hold the rows of ranks ``[start, stop)``, re-encoding the group if one is missing."""
+        if all(r in self._emb for r in range(start, stop)):
+            return
+        if self._live is None:
+            self._live = self.encode()
+            self.reencodes += 1
+        self._copy(range(start, stop), *self._live)
+
+    def embedding(self, r: int) -> torch.Tensor:
+        return self._emb[r]
+
+    def forget(self, r: int) -> None:
+        """Free the row of rank ``r`` (a dropped token)."""
+        if self._emb.pop(r, None) is not None:
+            self._side.pop(r)
+            self.counter.add(-1)
+
+    def trim(self, n: int) -> None:
+        """Free the rows of ranks ``>= n`` (the group's budget bound shrank)."""
+        self._limit = min(self._limit, n)
+        for r in [r for r in self._emb if r >= n]:
+            self.forget(r)
+
+    def release(self) -> None:
+        """End of the group's refill: free the live encoding (if any)."""
+        self._live = None
+
+    def take(self, ranks: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """``(embeds [k, hidden], side)`` of held ranks ``ranks``, stacked in that order."""
+        r = ranks.tolist()
+        shape, dtype, side = self._shape
+        if not r:
+            return (torch.zeros((0, *shape), dtype=dtype),
+                    {k: torch.zeros((0, *s), dtype=d) for k, (s, d) in side.items()})
+        return (torch.stack([self._emb[i] for i in r]),
+                {k: torch.stack([self._side[i][k] for i in r]) for k in side})
+
+
+_UNWALKED, _KEPT, _DROPPED = 0, 1, 2
+
+
+class _Resolver:
+    """The state of :func:`select_tokens` (method.md step 7): per group, each rank's status
+    and the next unwalked rank; per location, its walked tokens in temporal order."""
+
+    def __init__(self, groups, budgets, tpu, enc, threshold):
+        self.groups, self.b, self.thr = groups, budgets, threshold
+        self.pos, self.loc = [], []
+        for c in groups:
+            unit = c.keys // tpu
+            pos = torch.searchsorted(enc, unit)
+            if len(c) and ((pos >= enc.numel()).any() or (enc[pos.clamp(max=enc.numel() - 1)] != unit).any()):
+                raise ValueError("encoded_units: a candidate's unit was not encoded")
+            self.pos.append(pos.tolist())
+            self.loc.append((c.keys % tpu).tolist())
+        self.score = [c.scores.tolist() for c in groups]
+        self.state = [bytearray(len(c)) for c in groups]
+        self.next = [0] * len(groups)
+        self.kept = [0] * len(groups)
+        self.dropped = [0] * len(groups)
+        self.at: dict[int, list] = {}   # location -> walked [(pos, group, rank)], sorted
+        self.norm: dict[tuple, float] = {}
+        self.sim: dict[tuple, bool] = {}
+
+    def admit(self, g: int, n: int) -> set:
+        """Keep group g's next ``n`` unwalked ranks; returns their locations."""
+        r0 = self.next[g]
+        r1 = min(len(self.groups[g]), r0 + n)
+        self.groups[g].fetch(r0, r1)
+        touched = set()
+        for r in range(r0, r1):
+            self.state[g][r] = _KEPT
+            bisect.insort(self.at.setdefault(self.loc[g][r], []), (self.pos[g][r], g, r))
+            touched.add(self.loc[g][r])
+        self.next[g], self.kept[g] = r1, self.kept[g] + r1 - r0
+        return touched
+
+    def _norm(self, t):
+        if t not in self.norm:
+            self.norm[t] = float(self.groups[t[0]].embedding(t[1]).float().norm())
+        return self.norm[t]
+
+    def similar(self, a, x) -> bool:
+        """cosine(a, x) > threshold (float32; a zero vector has cosine 0)."""
+        key = (a, x) if a < x else (x, a)
+        if key not in self.sim:
+            na, nx = self._norm(a), self._norm(x)
+            dot = float(torch.dot(self.groups[a[0]].embedding(a[1]).float(),
+                                  self.groups[x[0]].embedding(x[1]).float()))
+            self.sim[key] = (dot / (na * nx) if na > 0 and nx > 0 else 0.0) > self.thr
+        return self.sim[key]
+
+    def _drop(self, t) -> None:
+        g, r = t
+        self.state[g][r] = _DROPPED
+        self.kept[g] -= 1
+        self.dropped[g] += 1
+        self.groups[g].forget(r)
+
+    def walk(self, loc: int) -> bool:
+        """One temporal walk of a location (the chain rule); True if it dropped a token."""
+        ref, last, dropped = None, -2, False
+        for p, g, r in self.at[loc]:
+            if p != last + 1:  # a unit in between holds no walked token: the chain breaks
+                ref = None
+            last = p
+            if self.state[g][r] == _DROPPED:  # a dropped token passes ref on
+                continue
+            x = (g, r)
+            if ref is not None and self.similar(ref, x):
+                dropped = True
+                if self.score[g][r] <= self.score[ref[0]][ref[1]]:  # x on a tie
+                    self._drop(x)
+                    continue
+                self._drop(ref)
+            ref = x
+        return dropped
+
+    def settle(self, touched) -> None:
+        for loc in sorted(touched):
+            while self.walk(loc):
+                pass
+
+    def _kept_in_run(self, walked, i, step, p):
+        """The first kept token from ``walked[i]`` on in direction ``step`` (-1, +1) whose
+        positions continue ``p`` without a gap, through dropped tokens; or None."""
+        while 0 <= i < len(walked) and walked[i][0] == p + step:
+            _, g, r = walked[i]
+            if self.state[g][r] == _KEPT:
+                return g, r
+            i, p = i + step, p + step
+        return None
+
+    def refill(self, g: int) -> None:
+        """Admit group g's next ranks one by one until it keeps ``B_g`` or has none left:
+        a candidate is kept unless it is redundant with a kept token it would meet at its
+        location (its ``ref``, or the next kept token, which would take it as ``ref``)."""
+        c = self.groups[g]
+        while self.kept[g] < self.b[g] and self.next[g] < len(c):
+            r0 = self.next[g]
+            r1 = min(len(c), r0 + self.b[g] - self.kept[g])
+            c.fetch(r0, r1)  # one batch of rows (re-encodes the group at most once)
+            for r in range(r0, r1):  # at most the shortfall: never more than B_g kept
+                self.next[g] = r + 1
+                p, walked, x = self.pos[g][r], self.at.setdefault(self.loc[g][r], []), (g, r)
+                i = bisect.bisect_left(walked, (p,))
+                before = self._kept_in_run(walked, i - 1, -1, p)
+                after = self._kept_in_run(walked, i, +1, p)
+                if (before and self.similar(before, x)) or (after and self.similar(x, after)):
+                    self.state[g][r] = _DROPPED  # a refill never displaces a kept token
+                    self.dropped[g] += 1
+                    c.forget(r)
+                    continue
+                self.state[g][r] = _KEPT
+                self.kept[g] += 1
+                walked.insert(i, (p, g, r))
+        c.release()
+
+
+def select_tokens(groups: list[GroupCandidates], budgets: torch.Tensor, tokens_per_unit: int,
+                  encoded_units: torch.Tensor, threshold: float | None) -> list[torch.Tensor]:
+    """Per-group top-``B_g`` selection with location-aware redundancy removal and refill
+    (method.md steps 6-7): one resolution pass over the locations, then one refill per
+    group in batches.
+
+    ``threshold`` None: group g keeps its first ``B_g`` candidates (step 6).
+
+    Step 7's rule. Partners: the tokens at the same location in consecutive entries of
+    ``encoded_units`` (under Lite, unvisited units are skipped).
+
+    1. *Resolution.* Every group admits its first ``B_g`` candidates. Each location's
+       admitted tokens are walked in temporal order with a reference ``ref``: a token
+       whose unit does not directly follow the previous walked one breaks the chain
+       (``ref`` = None); a dropped token passes ``ref`` on, so a token whose partner was
+       dropped meets the nearest earlier kept token at its location; a kept token x with
+       ``cosine(x, ref) > threshold`` (float32; a zero vector has cosine 0) drops the
+       lower-scored of the two (x on a tie) and the survivor becomes ``ref``, otherwise
+       ``ref = x``. Drops are sticky; a location is walked again until a walk drops nothing.
+    2. *Refill.* Groups in order, each once: group g takes its next-ranked candidates, in
+       rank order, until it keeps ``B_g`` or has none left. A candidate x is kept unless it
+       is redundant (cosine > ``threshold``) with a kept token it would meet on its
+       location's chain: its ``ref`` (the nearest earlier kept token, through dropped
+       tokens, with no gap) or the next kept token after it (likewise), whose ``ref`` x
+       would become. A redundant candidate is dropped and leaves the chain as it was: a
+       refill never displaces a kept token, so no group loses tokens after its turn.
+
+    The result is a fixed point of step 1's walk over the kept and resolution-dropped
+    tokens, and a group keeps fewer than ``B_g`` tokens only when all its candidates were
+    taken (it ran out of non-redundant candidates). Each group's rows come from its
+    :class:`GroupCandidates`: a refill needing rows it does not hold re-encodes the group,
+    at most once, and frees that encoding when the group's refill ends; a dropped token's
+    row is freed at once. So the rows held stay within the scan's plus the refill batches'.
+
+    Args:
+        groups: per group, its :class:`GroupCandidates`; each one's ``redundant`` is set to
+            the number of its tokens dropped in steps 1-2.
         budgets: int64 ``[G]`` budgets ``B_g``.
         tokens_per_unit: ``rows * cols`` tokens in a unit.
         encoded_units: int64 ``[E]`` strictly increasing units that were encoded; every
             candidate's unit must be among them.
         threshold: cosine threshold ``delta``; None disables step 7.
-        more: ``more(g)`` gives group g's next candidates (descending score), or None.
-        max_rounds: round limit.
 
     Returns:
-        Per group, int64 indices into its (possibly extended) candidates, in candidate order.
+        Per group, int64 ranks of the kept tokens, ascending.
 
     Raises:
         ValueError: naming the bad argument.
     """
     b = torch.as_tensor(budgets, dtype=torch.int64).flatten().tolist()
-    if len(b) != len(candidates) or min(b, default=0) < 0:
-        raise ValueError(f"budgets: must be {len(candidates)} values >= 0")
+    if len(b) != len(groups) or min(b, default=0) < 0:
+        raise ValueError(f"budgets: must be {len(groups)} values >= 0")
     if tokens_per_unit <= 0:
         raise ValueError(f"tokens_per_unit: must be > 0, got {tokens_per_unit}")
     enc = torch.as_tensor(encoded_units, dtype=torch.int64).flatten()
     if enc.numel() > 1 and not (enc[1:] > enc[:-1]).all():
         raise ValueError("encoded_units: must be strictly increasing")
-    dropped = [torch.zeros(c.keys.numel(), dtype=torch.bool) for c in candidates]
-    exhausted = [more is None] * len(candidates)
-
-    def selected(g):  # S_g, refilled through more() until B_g or exhausted
-        while True:
-            s = torch.nonzero(~dropped[g]).flatten()[: b[g]]
-            nxt = None if s.numel() >= b[g] or exhausted[g] else more(g)
-            if nxt is None or nxt.keys.numel() == 0:
-                exhausted[g] |= s.numel() < b[g]
-                return s
-            c = candidates[g]  # extended in place: the caller's object sees the new candidates
-            c.keys = torch.cat([c.keys, nxt.keys])
-            c.scores = torch.cat([c.scores, nxt.scores.to(c.scores.dtype)])
-            c.embeddings = torch.cat([c.embeddings, nxt.embeddings.to(c.embeddings.dtype)])
-            dropped[g] = torch.cat([dropped[g], torch.zeros(nxt.keys.numel(), dtype=torch.bool)])
-
-    sel = [selected(g) for g in range(len(candidates))]
-    for _ in range(max_rounds if threshold is not None else 0):
-        walk = [torch.cat([s, torch.nonzero(d).flatten()]) for s, d in zip(sel, dropped)]
-        if sum(w.numel() for w in walk) == 0:
-            break
-        gid = torch.cat([torch.full((w.numel(),), g) for g, w in enumerate(walk)])
-        idx = torch.cat(walk)
-        key = torch.cat([c.keys[w] for c, w in zip(candidates, walk)])
-        unit, loc = key // tokens_per_unit, key % tokens_per_unit
-        pos = torch.searchsorted(enc, unit)  # index in encoded_units: partners are pos, pos+1
-        if (pos >= enc.numel()).any() or (enc[pos] != unit).any():
-            raise ValueError("encoded_units: a candidate's unit was not encoded")
-        # Walk order: by location, then time. Small per-token arrays are permuted into it;
-        # the embeddings are not (a large copy), so they are read through ``order``.
-        order = torch.argsort(loc * (enc.numel() + 1) + pos)
-        gid, idx, loc, pos = gid[order], idx[order], loc[order], pos[order]
-        score = torch.cat([c.scores[w].float() for c, w in zip(candidates, walk)])[order]
-        drop = torch.cat([d[w] for d, w in zip(dropped, walk)])[order]
-        was = drop.clone()
-        emb = torch.cat([c.embeddings[w].float() for c, w in zip(candidates, walk)])
-        emb = torch.nn.functional.normalize(emb, dim=1)  # a zero vector stays 0: cosine 0
-        start = torch.searchsorted(loc, loc)  # first walked token at each token's location
-        rank = torch.arange(loc.numel()) - start
-        ref = torch.full((loc.numel(),), -1)   # per location (at its start): ref, or -1
-        last = torch.full((loc.numel(),), -2)  # and the previous walked token's pos
-        for t in torch.argsort(rank).split(torch.bincount(rank).tolist()):
-            at = start[t]  # t: every location's k-th walked token, walked together
-            r = torch.where(pos[t] == last[at] + 1, ref[at], -1)  # a gap breaks the chain
-            last[at] = pos[t]
-            kept = ~drop[t]
-            has = kept & (r >= 0)
-            sim = torch.zeros_like(kept)
-            sim[has] = (emb[order[t[has]]] * emb[order[r[has]]]).sum(1) > threshold
-            x_loses = sim & (score[t] <= score[r.clamp(min=0)])  # x on a tie
-            drop[t[x_loses]] = True
-            drop[r[sim & ~x_loses]] = True
-            ref[at] = torch.where(kept & ~x_loses, t, r)  # a dropped token passes ref on
-        new = drop & ~was
-        if not new.any():
-            break
-        for g, i in zip(gid[new].tolist(), idx[new].tolist()):
-            dropped[g][i] = True
-        sel = [selected(g) for g in range(len(candidates))]
-    return sel
+    res = _Resolver(groups, b, tokens_per_unit, enc, threshold)
+    touched = set().union(*[res.admit(g, b[g]) for g in range(len(groups))])
+    if threshold is not None:
+        res.settle(touched)
+        for g in range(len(groups)):
+            res.refill(g)
+    for g, c in enumerate(groups):
+        c.redundant = res.dropped[g]
+    return [torch.tensor([r for r, s in enumerate(st) if s == _KEPT], dtype=torch.int64)
+            for st in res.state]

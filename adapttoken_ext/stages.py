@@ -8,7 +8,7 @@
 - :func:`score_group` (steps 2-4): the group pass for a question: attention scores of the
   visual tokens and the answer entropy.
 - :func:`scan_groups` (steps 2-4 and 8): every group in turn, with Lite's stop, keeping a
-  bounded pool of candidates (:class:`CandidatePool`).
+  bounded set of candidates (:class:`selection.GroupCandidates`).
 - :func:`allocate_and_select` (steps 5-7): budgets, per-group top-k, redundancy removal.
 - :func:`final_pass` (step 9): the kept tokens (M-RoPE: at their full-video positions; 1-D
   RoPE: compact), greedy decoding.
@@ -18,6 +18,7 @@ The adapter (:class:`~adapttoken_ext.models.base.VideoAdapter`) hides the model 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 import time
@@ -282,87 +283,32 @@ def answer_entropy(logits: torch.Tensor, option_ids: list[list[int]] | None) -> 
 
 # ---- the scan over groups (steps 2-4, 8) ----------------------------------------------------
 
-class CandidatePool:
-    """Each visited group's tokens ranked by score, with embeddings for a bounded prefix.
-
-    The ranking (keys and scores of all ``N_g`` tokens) is cheap; embeddings (and per-token
-    side inputs) are kept for the first ``headroom * bound_g`` ranks only, ``bound_g`` being
-    the largest budget any completion of the run can still give the group
-    (:func:`selection.budget_bound`), so the rows held stay within ``headroom * (B + V)``
-    for ``V`` visited groups, whatever the frame count (``headroom`` 2 with redundancy
-    removal, else 1). :meth:`more`
-    re-encodes a group when the redundancy refill (step 7) needs ranks beyond those held.
-    """
-
-    def __init__(self, tokens_per_unit: int):
-        self.tpu = tokens_per_unit
-        self.rank_keys: list[torch.Tensor] = []    # per group, int64 [N_g] keys by rank
-        self.rank_rows: list[torch.Tensor] = []    # per group, int64 [N_g] rows in the encoding
-        self.rank_scores: list[torch.Tensor] = []  # per group, float32 [N_g]
-        self.held: list[selection.Candidates] = []
-        self.side: list[list[dict]] = []  # per group, side inputs of the held rows, in parts
-        self.peak_rows = 0
-
-    def add(self, enc: GroupEncoding, scores: torch.Tensor, limit: int) -> None:
-        """Rank a group's tokens (descending score, ties to the lower index, NaN last) and
-        hold the embeddings of the first ``limit`` ranks."""
-        n = scores.numel()
-        val, rows = ops.segmented_topk(scores, torch.tensor([0, n]), torch.tensor([n]), False)
-        self.rank_keys.append(torch.tensor(enc.units)[rows // self.tpu] * self.tpu + rows % self.tpu)
-        self.rank_rows.append(rows)
-        self.rank_scores.append(val)
-        cand, side = self._rows(len(self.held), enc.visual, 0, min(n, limit))
-        self.held.append(cand)
-        self.side.append([side])
-        self._count()
-
-    def _rows(self, g, visual: Visual, start, stop):
-        v = visual.take(self.rank_rows[g][start:stop])
-        return (selection.Candidates(self.rank_keys[g][start:stop], self.rank_scores[g][start:stop],
-                                     v.embeds.cpu()), {k: x.cpu() for k, x in v.side.items()})
-
-    def shrink(self, bounds: torch.Tensor, headroom: int) -> None:
-        """Keep embeddings for the first ``headroom * bounds[g]`` ranks of each group."""
-        for g, b in enumerate(bounds.tolist()):
-            c = self.held[g]
-            n = min(c.keys.numel(), headroom * b)
-            if n < c.keys.numel():
-                self.held[g] = selection.Candidates(c.keys[:n].clone(), c.scores[:n].clone(),
-                                                    c.embeddings[:n].clone())
-                self.side[g] = [{k: x[:n].clone() for k, x in self.side[g][0].items()}]
-
-    def _count(self, extra: int = 0) -> None:
-        self.peak_rows = max(self.peak_rows, extra + sum(c.keys.numel() for c in self.held))
-
-    def more(self, g: int, encode) -> selection.Candidates | None:
-        """The next ranks of group ``g`` after those held (as many again), re-encoding it
-        with ``encode(g) -> GroupEncoding``; None when the group has no more tokens. The
-        caller appends them to ``held[g]`` (as :func:`selection.select_tokens` does)."""
-        have, n = self.held[g].keys.numel(), self.rank_keys[g].numel()
-        if have >= n:
-            return None
-        extra, side = self._rows(g, encode(g).visual, have, min(n, 2 * max(have, 1)))
-        self.side[g].append(side)
-        self._count(extra.keys.numel())
-        return extra
-
-    def side_rows(self, g: int, rows: torch.Tensor) -> dict:
-        """Side inputs of held rows ``rows`` of group ``g``."""
-        parts = self.side[g]
-        return {k: torch.cat([p[k] for p in parts])[rows] for k in parts[0]}
+def rank_group(enc: GroupEncoding, scores: torch.Tensor, limit: int, tpu: int,
+               counter: selection.RowCounter) -> selection.GroupCandidates:
+    """A group's tokens ranked by score (descending, ties to the lower index, NaN last;
+    method.md step 6), holding the embeddings and side rows of the first ``limit`` ranks."""
+    n = scores.numel()
+    val, rows = ops.segmented_topk(scores, torch.tensor([0, n]), torch.tensor([n]), False)
+    keys = torch.tensor(enc.units)[rows // tpu] * tpu + rows % tpu
+    return selection.GroupCandidates(keys, val, rows, enc.visual.embeds, enc.visual.side,
+                                     hold=limit, counter=counter)
 
 
 @dataclass
 class GroupRecord:
     """One visited group: its sampled video frame indices, visual tokens, entropy (nats;
-    None under EntropySelect, which has no group pass), budget ``B_g`` and the number of
-    tokens finally selected from it."""
+    None under EntropySelect, which has no group pass), budget ``B_g``, the number of
+    tokens finally selected from it, ``redundant``: how many of its tokens step 7 dropped
+    as redundant, and ``ran_out``: it kept fewer than ``B_g`` because its non-redundant
+    candidates ran out (every token was walked, method.md step 7)."""
     index: int
     frames: list[int]
     num_tokens: int
     entropy: float | None
     budget: int = 0
     selected: int = 0
+    redundant: int = 0
+    ran_out: bool = False
 
 
 def scan_groups(adapter, capture, reader, plan: Plan, cfg: AdaptTokenConfig, timer: Timer,
@@ -370,11 +316,18 @@ def scan_groups(adapter, capture, reader, plan: Plan, cfg: AdaptTokenConfig, tim
     """Visit the groups in order (method.md steps 2-4), stopping early under Lite (step 8).
     ``encode(g) -> GroupEncoding`` replaces :func:`encode_group` (e.g. a cache of encodings).
 
+    Each visited group's tokens are ranked (:func:`rank_group`); embeddings are held for
+    the first ``headroom * bound_g`` ranks only, ``bound_g`` being the largest budget any
+    completion of the run can still give the group (:func:`selection.budget_bound`), so the
+    rows held stay within ``headroom * (B + V)`` for ``V`` visited groups, whatever the
+    frame count (``headroom`` 2 with redundancy removal, else 1).
+
     Returns:
-        ``(records, pool, stopped)``: a :class:`GroupRecord` per visited group, the
-        :class:`CandidatePool`, and the index of the group after which Lite stopped (or None).
+        ``(records, candidates, stopped)``: a :class:`GroupRecord` and a
+        :class:`selection.GroupCandidates` per visited group, and the index of the group
+        after which Lite stopped (or None).
     """
-    pool = CandidatePool(plan.tokens_per_unit)
+    pool, counter = [], selection.RowCounter()
     headroom = 2 if cfg.redundancy_threshold is not None else 1
     records, stopped = [], None
     bar = _progress(range(len(plan.groups)), progress, desc="groups")
@@ -398,8 +351,9 @@ def scan_groups(adapter, capture, reader, plan: Plan, cfg: AdaptTokenConfig, tim
                 torch.tensor([r.entropy for r in records]),
                 plan.capacity[: len(records)] if final else plan.capacity, cfg.budget, res.max_entropy,
                 cfg.temperature, cfg.per_group_floor, cfg.lite or cfg.force_stop_after is not None)
-            pool.shrink(bounds[:-1], headroom)
-            pool.add(enc, res.scores, headroom * int(bounds[-1]))
+            for c, bound in zip(pool, bounds[:-1].tolist()):
+                c.trim(headroom * bound)
+            pool.append(rank_group(enc, res.scores, headroom * int(bounds[-1]), plan.tokens_per_unit, counter))
         del enc
         if stopped is not None:
             break
@@ -411,12 +365,15 @@ def scan_groups(adapter, capture, reader, plan: Plan, cfg: AdaptTokenConfig, tim
 # ---- allocation and selection (steps 5-7) --------------------------------------------------
 
 def allocate_and_select(plan: Plan, cfg: AdaptTokenConfig, records: list[GroupRecord],
-                        pool: CandidatePool, encode=None) -> tuple[torch.Tensor, torch.Tensor, Visual]:
+                        candidates: list[selection.GroupCandidates],
+                        encode=None) -> tuple[torch.Tensor, torch.Tensor, Visual]:
     """Budgets by entropy (step 5), per-group top-``B_g`` (step 6) and location-aware
-    redundancy removal with refill (step 7) over the visited groups.
+    redundancy removal with refill (step 7) over the visited groups
+    (:func:`selection.select_tokens`).
 
-    ``encode(g)`` re-encodes group ``g`` when the refill needs tokens beyond the held
-    candidates. Fills each record's ``budget`` and ``selected``.
+    ``encode(g) -> GroupEncoding`` re-encodes group ``g`` when the refill needs tokens
+    beyond those its candidates hold (the policy is :class:`selection.GroupCandidates`').
+    Fills each record's ``budget``, ``selected``, ``redundant`` and ``ran_out``.
 
     Returns:
         ``(keys, scores, visual)`` of the kept tokens in ascending key (temporal, raster)
@@ -428,16 +385,21 @@ def allocate_and_select(plan: Plan, cfg: AdaptTokenConfig, records: list[GroupRe
                                         plan.capacity[:V], cfg.budget, cfg.temperature,
                                         cfg.per_group_floor)
     encoded = torch.tensor(sorted(u for g in range(V) for u in plan.groups[g]))
-    more = (lambda g: pool.more(g, encode)) if encode is not None else None
-    keep = selection.select_tokens(pool.held, budgets, plan.tokens_per_unit, encoded,
-                                   cfg.redundancy_threshold, more)
-    keys = torch.cat([c.keys[k] for c, k in zip(pool.held, keep)])
-    scores = torch.cat([c.scores[k] for c, k in zip(pool.held, keep)])
-    visual = Visual.cat([Visual(c.embeddings[k], pool.side_rows(g, k))
-                         for g, (c, k) in enumerate(zip(pool.held, keep))])
+    def reencode(g):
+        v = encode(g).visual
+        return v.embeds, v.side
+    for g, c in enumerate(candidates):
+        if encode is not None:
+            c.encode = functools.partial(reencode, g)
+    keep = selection.select_tokens(candidates, budgets, plan.tokens_per_unit, encoded,
+                                   cfg.redundancy_threshold)
+    keys = torch.cat([c.keys[k] for c, k in zip(candidates, keep)])
+    scores = torch.cat([c.scores[k] for c, k in zip(candidates, keep)])
+    visual = Visual.cat([Visual(*c.take(k)) for c, k in zip(candidates, keep)])
     order = torch.argsort(keys)
-    for r, b, k in zip(records, budgets.tolist(), keep):
-        r.budget, r.selected = b, k.numel()
+    for r, b, k, c in zip(records, budgets.tolist(), keep, candidates):
+        r.budget, r.selected, r.redundant = b, k.numel(), c.redundant
+        r.ran_out = k.numel() < b
     return keys[order], scores[order], visual.take(order)
 
 

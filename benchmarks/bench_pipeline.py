@@ -18,10 +18,19 @@ vision tower) and needs a GPU.
 Writes benchmarks/results/<device>_pipeline.{json,log} and PNG plots, and prints a table
 with the derived ratios.
 
+--step7 measures step 7 (method.md) instead, at 4096 frames by default: ``static`` is one
+real bikes.mp4 frame with mild noise (a paused screen: scores correlated by location, the
+case that made the old round-based refill loop re-encode groups again and again), ``moving``
+the concatenated sample clips. Per case it records the candidate rows held at the peak, the
+encodes per group, selection seconds and share of the run, and tokens kept against B; with
+--compare-with OTHER_CHECKOUT (built in place) the same cases run on that code too (e.g.
+main, as "before"). Writes benchmarks/results/<device>_pipeline_static.{json,log}.
+
     python benchmarks/bench_pipeline.py                       # CPU mode: tiny model, 256-1024 frames
     python benchmarks/bench_pipeline.py --frames 1024 2048 4096 --variants kernels
     python benchmarks/bench_pipeline.py --device cuda --model qwen2.5-vl-7b
     python benchmarks/bench_pipeline.py --frames 4096 --variants kernels reuse --questions-per-video 3
+    python benchmarks/bench_pipeline.py --step7 --compare-with /tmp/main-checkout
 """
 from __future__ import annotations
 
@@ -35,6 +44,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 RESULTS = HERE / "results"
 QUESTION = "What are the people in the video doing?"
 MORE_QUESTIONS = ["Where does the video take place?", "What happens at the end of the video?"]
@@ -100,6 +110,30 @@ def load_adapter(model: str, device: str, cache: Path, family: str = "qwen2_5_vl
     return Qwen2_5_VLAdapter(m, AutoTokenizer.from_pretrained(path), pre)
 
 
+def make_static_video(out: Path, num_frames: int, width: int = 224, height: int = 112) -> Path:
+    """A paused screen: frame 100 of bikes.mp4, ``num_frames`` times with mild noise
+    (uniform +-2 levels per pixel), H.264."""
+    import av
+    import numpy as np
+    from adapttoken_ext.video import sample_video
+    with av.open(str(sample_video("bikes.mp4"))) as c:
+        frame = next(f for i, f in enumerate(c.decode(video=0)) if i == 100)
+    base = frame.to_ndarray(format="rgb24", width=width, height=height).astype(np.int16)
+    rng = np.random.default_rng(0)
+    tmp = out.with_name(out.name + ".partial.mp4")
+    with av.open(str(tmp), "w") as c:
+        st = c.add_stream("libx264", rate=25, options={"preset": "ultrafast", "crf": "18"})
+        st.width, st.height, st.pix_fmt = width, height, "yuv420p"
+        for _ in range(num_frames):
+            f = np.clip(base + rng.integers(-2, 3, base.shape), 0, 255).astype(np.uint8)
+            for p in st.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                c.mux(p)
+        for p in st.encode():
+            c.mux(p)
+    os.replace(tmp, out)
+    return out
+
+
 def unpruned(adapter, video: str, config) -> dict:
     """Baseline: all sampled frames' visual tokens in one prefill, then greedy decoding,
     through the same stages as AdaptToken (plan, encoding, final pass) minus the selection."""
@@ -134,20 +168,35 @@ def child(args) -> None:
     import resource
 
     import torch
-    from adapttoken_ext import AdaptToken, AdaptTokenConfig, backend
+
+    import adapttoken_ext
+    from adapttoken_ext import AdaptToken, AdaptTokenConfig, backend, stages
     from adapttoken_ext.selection import make_groups
+    encodes: dict = {}  # per group: the scan's encode and any refill re-encodes (step 7)
+    real_encode = stages.encode_group
+
+    def counting(adapter, reader, plan, g, *a, **k):
+        encodes[g] = encodes.get(g, 0) + 1
+        return real_encode(adapter, reader, plan, g, *a, **k)
+    stages.encode_group = counting
     cache = Path(args.cache)
     adapter = load_adapter(args.model, args.device, cache, args.family)
     cfg = dict(frames=args.frame_count, decode_cache_mb=args.decode_cache_mb)
     if args.model == "tiny":
         cfg.update(max_pixels=112 * 224, units_per_group=16, budget=256)
+    if args.budget:
+        cfg["budget"] = args.budget
     if args.variant == "lite":
         units = args.frame_count // adapter.unit
         cfg["force_stop_after"] = max(1, len(make_groups(units, cfg.get("units_per_group", 64))) // 2)
     config = AdaptTokenConfig(**cfg)
     if args.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    rec = {"variant": args.variant, "frames": args.frame_count, "ops_backend": backend}
+    tree = Path(adapttoken_ext.__file__).resolve().parent.parent
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=tree,
+                            check=False).stdout.strip()
+    rec = {"variant": args.variant, "frames": args.frame_count, "ops_backend": backend,
+           "case": args.case, "code": {"tree": str(tree), "commit": commit}}
     try:
         qs = [QUESTION, *MORE_QUESTIONS][: args.questions_per_video]
         if args.variant == "unpruned":
@@ -162,7 +211,12 @@ def child(args) -> None:
             # over all questions: the time to answer them, per stage
             rec.update(timings_s={k: sum(r.timings_s[k] for r in results) for k in res.timings_s},
                        questions=len(qs), groups=len(res.groups),
-                       selected=len(res.selected_tokens), stopped_after_group=res.stopped_after_group)
+                       selected=len(res.selected_tokens), stopped_after_group=res.stopped_after_group,
+                       budget=config.budget, candidate_rows_peak=res.candidate_rows_peak,
+                       encodes_per_group_max=max(encodes.values()), encodes_total=sum(encodes.values()),
+                       selection_share=res.timings_s["selection"] / res.timings_s["total"],
+                       redundant=sum(getattr(g, "redundant", 0) for g in res.groups),
+                       groups_ran_out=sum(bool(getattr(g, "ran_out", False)) for g in res.groups))
     except torch.cuda.OutOfMemoryError:
         rec["oom"] = True
     rec["peak_host_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -171,14 +225,17 @@ def child(args) -> None:
     print("RESULT " + json.dumps(rec), flush=True)
 
 
-def run_variant(variant, frames, video, args) -> dict:
-    env = dict(os.environ)
+def run_variant(variant, frames, video, args, case=None, tree=ROOT) -> dict:
+    """One child process on the code of checkout ``tree`` (this one by default)."""
+    env = dict(os.environ, PYTHONPATH=str(tree))
     if variant == "reference":
         env["ADAPTTOKEN_DISABLE_EXT"] = "1"
     cmd = [sys.executable, __file__, "--child", "--variant", variant, "--frame-count", str(frames),
            "--video", video, "--model", args.model, "--family", args.family, "--device", args.device,
            "--cache", args.cache, "--questions-per-video", str(args.questions_per_video),
-           "--decode-cache-mb", str(args.decode_cache_mb)]
+           "--decode-cache-mb", str(args.decode_cache_mb), "--budget", str(args.budget or 0)]
+    if case:
+        cmd += ["--case", case]
     p = subprocess.run(cmd, env=env, capture_output=True, text=True)
     line = next((ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")), None)
     if line is None:
@@ -264,6 +321,55 @@ def plots(records, device, prefix) -> list[str]:
     return paths
 
 
+def step7(args) -> None:
+    """--step7: static and moving video, this checkout (and --compare-with's)."""
+    sys.path.insert(0, str(HERE))
+    from bench_ops import environment
+
+    from adapttoken_ext.video import make_long_video
+    cache = Path(args.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    frames = args.frames or [4096]
+    n = max(frames)
+    videos = {"static": cache / f"static_{n}.mp4", "moving": cache / f"long_{n}.mp4"}
+    for case, path in videos.items():
+        if not path.exists():
+            print(f"building the {case} {n}-frame video ...", flush=True)
+            (make_static_video if case == "static" else make_long_video)(path, n)
+    trees = {"after": ROOT} | ({"before": Path(args.compare_with).resolve()} if args.compare_with else {})
+    records = []
+    for f in frames:
+        if args.model == "tiny" and not args.budget:
+            args.budget = f // 2
+        for case, path in videos.items():
+            for label, tree in trees.items():
+                r = run_variant("kernels", f, str(path), args, case=case, tree=tree)
+                r["label"] = label
+                records.append(r)
+                if "timings_s" in r:
+                    t = r["timings_s"]
+                    print(f"{case:>7} {label:>6} F={f}: rows peak {r['candidate_rows_peak']:>6} (4B = "
+                          f"{4 * r['budget']}), encodes/group max {r['encodes_per_group_max']} "
+                          f"({r['encodes_total']} for {r['groups']} groups), selection "
+                          f"{t['selection']:.2f} s = {100 * r['selection_share']:.1f}% of {t['total']:.1f} s, "
+                          f"kept {r['selected']} of B = {r['budget']}", flush=True)
+                else:
+                    print(f"{case:>7} {label:>6} F={f}: FAILED\n{r.get('error', '')}", flush=True)
+    RESULTS.mkdir(exist_ok=True)
+    tag = args.tag or f"{args.device}_pipeline_static"
+    env = environment(args.device)
+    env.update(model=args.model, trees={k: str(v) for k, v in trees.items()},
+               videos={"static": f"{n} frames: frame 100 of bikes.mp4 at 224x112, uniform +-2 noise, H.264",
+                       "moving": f"{n} frames concatenated from bikes.mp4 + bigbuckbunny.mp4"},
+               config="tiny: max_pixels 112*224, units_per_group 16, redundancy_threshold 0.9")
+    (RESULTS / f"{tag}.json").write_text(json.dumps({"environment": env, "records": records}, indent=1))
+    with open(RESULTS / f"{tag}.log", "w") as log:
+        log.write(json.dumps(env, indent=1) + "\n")
+        for r in records:
+            log.write(json.dumps(r) + "\n")
+    print("wrote", RESULTS / f"{tag}.json")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -278,6 +384,12 @@ def main():
     ap.add_argument("--questions-per-video", type=int, default=1, help="questions about the "
                     "one video (up to 3); variant reuse answers them with one visual encoding")
     ap.add_argument("--tag", default=None, help="results file name (default: <device>_pipeline)")
+    ap.add_argument("--step7", action="store_true", help="step 7 on a static and a moving video "
+                    "(default 4096 frames, B = frames / 2 with the tiny model)")
+    ap.add_argument("--compare-with", metavar="CHECKOUT", default=None, help="with --step7: also "
+                    "run the cases on another checkout's code (built in place), e.g. main")
+    ap.add_argument("--budget", type=int, default=None, help="AdaptTokenConfig.budget")
+    ap.add_argument("--case", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--variant", help=argparse.SUPPRESS)
     ap.add_argument("--frame-count", type=int, help=argparse.SUPPRESS)
@@ -288,6 +400,8 @@ def main():
     args.model = args.model or ("qwen2.5-vl-7b" if args.device == "cuda" else "tiny")
     if args.child:
         return child(args)
+    if args.step7:
+        return step7(args)
     frames = args.frames or ([1024, 2048, 4096, 8192, 10000] if args.device == "cuda" else [256, 512, 1024])
     sys.path.insert(0, str(HERE))
     from bench_ops import environment

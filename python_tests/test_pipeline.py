@@ -754,3 +754,81 @@ def test_candidate_memory_bounded_at_10k_frames(tiny_dir, video_10k, layout):
         assert min(g.num_tokens for g in res.groups) < B  # capacity caps are in play
     assert 0 < res.candidate_rows_peak <= 4 * B
     assert len(res.selected_tokens) == B == sum(g.selected for g in res.groups)
+
+
+@pytest.fixture(scope="module")
+def static_video(tmp_path_factory, bikes):
+    """A paused screen: 1024 frames of one real bikes frame (224x112) with mild noise
+    (uniform +-2 levels per pixel, then H.264)."""
+    with av.open(bikes) as c:
+        frame = next(f for i, f in enumerate(c.decode(video=0)) if i == 100)
+    base = frame.to_ndarray(format="rgb24", width=224, height=112).astype(np.int16)
+    rng = np.random.default_rng(0)
+    path = tmp_path_factory.mktemp("static") / "static.mp4"
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=25, options={"preset": "ultrafast", "crf": "18"})
+        s.width, s.height, s.pix_fmt = 224, 112, "yuv420p"
+        for _ in range(1024):
+            f = np.clip(base + rng.integers(-2, 3, base.shape), 0, 255).astype(np.uint8)
+            for p in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return str(path)
+
+
+def test_step7_stays_bounded_on_static_video(tiny_dir, static_video, monkeypatch):
+    """Scores correlated by location (every frame alike): step 7 holds at most 4 B candidate
+    rows, encodes each of the 32 groups at most twice (scan and one refill), keeps at most
+    B tokens, and fewer only for groups whose non-redundant candidates ran out."""
+    B = 512
+    encodes = {}
+    real = stages.encode_group
+
+    def counting(adapter, reader, plan, g, *a, **k):
+        encodes[g] = encodes.get(g, 0) + 1
+        return real(adapter, reader, plan, g, *a, **k)
+    monkeypatch.setattr(stages, "encode_group", counting)
+    at = _pipeline(tiny_dir, frames=1024, max_pixels=112 * 224, units_per_group=16, budget=B)
+    res = at.answer(static_video, QUESTION, OPTIONS, progress=False)
+    groups = res.groups
+    assert len(groups) == 32 and len(encodes) == 32
+    assert max(encodes.values()) <= 2, encodes
+    assert res.candidate_rows_peak <= 4 * B
+    kept = len(res.selected_tokens)
+    assert kept == sum(g.selected for g in groups) <= B
+    assert len({(x["frame"], x["h"], x["w"]) for x in res.selected_tokens}) == kept
+    assert sum(g.redundant for g in groups) > B  # the static video is mostly redundant
+    for g in groups:
+        assert g.selected <= g.budget
+        if g.selected < g.budget:  # short only when every token of the group was taken
+            assert g.ran_out and g.selected + g.redundant == g.num_tokens
+    assert kept == B or any(g.ran_out for g in groups)
+
+
+def test_cli_answer_says_why_fewer_tokens_were_kept(tiny_dir, static_video, tmp_path, capsys):
+    """A budget above the video's tokens is stated as capped; the table and the why line of
+    ``answer`` (as ``demo``'s) give step 7's drops per group and the groups that ran out."""
+    from adapttoken_ext.cli import main
+    out = tmp_path / "r.json"
+    rc = main(["answer", "--video", static_video, "--question", QUESTION, "--options", *OPTIONS,
+               "--model", str(tiny_dir), "--frames", "64", "--budget", "5000", "--units-per-group", "8",
+               "--max-pixels", str(112 * 224), "--json", str(out), "--quiet"])
+    text = capsys.readouterr().out
+    assert rc == 0
+    d = json.loads(out.read_text())
+    total = sum(g["num_tokens"] for g in d["groups"])
+    assert total == 32 * 4 * 8 and d["budget"] == 5000
+    assert d["budget_capped"] is True and d["budget_used"] == total
+    kept = len(d["selected_tokens"])
+    assert kept < total
+    for g in d["groups"]:  # every token admitted: each one not kept was dropped as redundant
+        assert g["budget"] == g["num_tokens"] and g["redundant"] == g["num_tokens"] - g["selected"]
+        assert g["ran_out"] is (g["selected"] < g["budget"])
+    header = text.splitlines()[text.splitlines().index(next(ln for ln in text.splitlines() if ln.lstrip().startswith("group")))]
+    assert "redundant" in header and "ran out" in header
+    assert f"--budget 5000 capped at {total}" in text
+    assert "why: group" in text and "attention at layer" in text
+    short = ", ".join(str(g["index"]) for g in d["groups"] if g["ran_out"])
+    assert f"step 7 dropped {total - kept} tokens as redundant" in text
+    assert f"group(s) {short} ran out of non-redundant candidates, so {kept} of {total} tokens were kept" in text

@@ -6,7 +6,7 @@ import torch
 from hypothesis import assume, given, settings, strategies as st
 
 from adapttoken_ext import selection
-from adapttoken_ext.selection import Candidates
+from adapttoken_ext.selection import GroupCandidates, RowCounter
 
 
 def test_make_groups_layouts():
@@ -180,53 +180,82 @@ def _cos(a, b):
     return 0.0 if na == 0 or nb == 0 else sum(x * y for x, y in zip(a, b)) / (na * nb)
 
 
-def _reference(held, batches, budgets, tpu, encoded, thr):
-    """Brute-force step 7 on lists: held/batches are per group lists of (key, score, emb)."""
-    held = [list(h) for h in held]
-    batches = [list(b) for b in batches]
-    dropped = [set() for _ in held]
+def _reference(groups, budgets, tpu, encoded, thr):
+    """Step 7 as select_tokens' docstring states it, by brute force on lists (float64):
+    ``groups`` per group lists every candidate (key, score, emb) in rank order."""
     slot = {u: i for i, u in enumerate(encoded)}
+    state = [{} for _ in groups]  # rank -> "kept" / "dropped" (walked) / "rejected"
 
-    def pick(g):
-        while True:
-            s = [i for i in range(len(held[g])) if i not in dropped[g]][: budgets[g]]
-            if len(s) == budgets[g] or not batches[g]:
-                return s
-            held[g] += batches[g].pop(0)
+    def where(g, i):
+        key = groups[g][i][0]
+        return slot[key // tpu], key % tpu
 
-    while True:
-        S = [pick(g) for g in range(len(held))]
-        if thr is None:
-            return S, held
-        at = {}
-        for g in range(len(held)):
-            for i in set(S[g]) | dropped[g]:
-                key = held[g][i][0]
-                at.setdefault(key % tpu, []).append((slot[key // tpu], g, i))
-        new = False
+    for g, b in enumerate(budgets):
+        for i in range(min(b, len(groups[g]))):
+            state[g][i] = "kept"
+    if thr is None:
+        return [sorted(s) for s in state], [0] * len(groups)
+    while True:  # 1. resolution: walk every location until nothing drops
+        at, new = {}, False
+        for g in range(len(groups)):
+            for i in state[g]:
+                p, loc = where(g, i)
+                at.setdefault(loc, []).append((p, g, i))
         for toks in at.values():
             ref, prev = None, None
             for p, g, i in sorted(toks):
                 if prev is None or p != prev + 1:
                     ref = None
                 prev = p
-                if i in dropped[g]:
+                if state[g][i] == "dropped":
                     continue
-                if ref is not None and _cos(held[g][i][2], held[ref[0]][ref[1]][2]) > thr:
+                if ref is not None and _cos(groups[g][i][2], groups[ref[0]][ref[1]][2]) > thr:
                     new = True
-                    if held[g][i][1] <= held[ref[0]][ref[1]][1]:
-                        dropped[g].add(i)
+                    if groups[g][i][1] <= groups[ref[0]][ref[1]][1]:
+                        state[g][i] = "dropped"
                         continue
-                    dropped[ref[0]].add(ref[1])
+                    state[ref[0]][ref[1]] = "dropped"
                 ref = (g, i)
         if not new:
-            return S, held
+            break
+    for g in range(len(groups)):  # 2. refill, groups in order
+        i = min(budgets[g], len(groups[g]))
+        while sum(v == "kept" for v in state[g].values()) < budgets[g] and i < len(groups[g]):
+            p, loc = where(g, i)
+            chain = {where(h, j)[0]: (h, j) for h in range(len(groups)) for j, v in state[h].items()
+                     if v != "rejected" and where(h, j)[1] == loc}
+            near = []
+            for step in (-1, 1):  # the nearest kept token each way along the unbroken chain
+                q = p + step
+                while q in chain and state[chain[q][0]][chain[q][1]] != "kept":
+                    q += step
+                if q in chain:
+                    near.append(chain[q])
+            redundant = any(_cos(groups[g][i][2], groups[h][j][2]) > thr for h, j in near)
+            state[g][i] = "rejected" if redundant else "kept"
+            i += 1
+    return ([sorted(i for i, v in s.items() if v == "kept") for s in state],
+            [sum(v != "kept" for v in s.values()) for s in state])
 
 
-def _cands(rows, dim=3):
-    return Candidates(torch.tensor([r[0] for r in rows], dtype=torch.int64),
-                      torch.tensor([r[1] for r in rows], dtype=torch.float32),
-                      torch.tensor([r[2] for r in rows], dtype=torch.float32).reshape(len(rows), dim))
+def _group(rows, dim=3, hold=None, encode=True, counter=None):
+    """GroupCandidates of (key, score, emb) rows in rank order; its encoding holds them in
+    reverse order (so ``rows`` must map ranks to encoding rows), with side input ``extra``
+    = the rank; ``calls`` counts re-encodings."""
+    n = len(rows)
+    emb = torch.tensor([r[2] for r in rows][::-1], dtype=torch.float32).reshape(n, dim)
+    side = {"extra": torch.arange(n - 1, -1, -1, dtype=torch.float32)[:, None]}
+    calls = []
+
+    def again():
+        calls.append(1)
+        return emb.clone(), {"extra": side["extra"].clone()}
+    c = GroupCandidates(torch.tensor([r[0] for r in rows], dtype=torch.int64),
+                        torch.tensor([r[1] for r in rows], dtype=torch.float32),
+                        torch.arange(n - 1, -1, -1, dtype=torch.int64), emb, side,
+                        hold=hold, encode=again if encode else None, counter=counter)
+    c.calls = calls
+    return c
 
 
 # a chain p0 ~ p1 ~ p2 with p0 not ~ p2 (cosines 0.71, 0.71, 0 against thresholds 0.5/0.65)
@@ -241,7 +270,7 @@ def _instances(draw):
     G = draw(st.integers(1, 3))
     owner = {u: (i % G if draw(st.booleans()) else draw(st.integers(0, G - 1)))
              for i, u in enumerate(encoded)}
-    groups, extra, budgets = [], [], []
+    groups, holds, budgets = [], [], []
     for g in range(G):
         toks = []
         for u in encoded:
@@ -253,165 +282,186 @@ def _instances(draw):
                 emb = tuple(float(torch.tensor(x + 0.05 * n, dtype=torch.float32)) for x, n in zip(p, noise))
                 toks.append((u * tpu + loc, float(draw(st.integers(0, 5))) / 4, emb))
         toks.sort(key=lambda t: -t[1])  # candidate order = rank order, ties by key
-        n_held = draw(st.integers(0, len(toks)))
-        rest, batches = toks[n_held:], []
-        while rest:
-            k = draw(st.integers(1, len(rest)))
-            batches.append(rest[:k])
-            rest = rest[k:]
-        groups.append(toks[:n_held])
-        extra.append(batches)
+        groups.append(toks)
+        holds.append(draw(st.integers(0, len(toks))))
         budgets.append(draw(st.integers(0, len(toks) + 1)))
     thr = draw(st.sampled_from([None, -0.2, 0.0, 0.5, 0.65, 0.9, 0.99]))
-    return tpu, encoded, groups, extra, budgets, thr, draw(st.booleans())
+    return tpu, encoded, groups, holds, budgets, thr, draw(st.booleans())
 
 
-def _check_final_state(cands, sel, budgets, tpu, encoded, thr, total):
-    """Invariants of the fixed point, from the output alone."""
+def _adjacent_kept_never_redundant(cands, sel, tpu, encoded, thr):
+    """From the output alone: kept tokens at one location in consecutive encoded units are
+    never redundant (the later one's ref is the earlier one)."""
     slot = {u: i for i, u in enumerate(encoded)}
-    status = {}  # (slot, loc) -> kept (g, i) or "dropped"
+    kept = {}
     for g, (c, s) in enumerate(zip(cands, sel)):
-        s = s.tolist()
-        assert s == sorted(set(s)) and len(s) <= budgets[g]
-        if len(s) < budgets[g]:  # short only when the group ran out of tokens
-            assert c.keys.numel() == total[g]
-        last = c.keys.numel() if len(s) < budgets[g] else (s[-1] if s else 0)
-        for i, key in enumerate(c.keys.tolist()):
-            if i in s:
-                status[slot[key // tpu], key % tpu] = (g, i)
-            elif i < last and thr is not None:  # skipped before S_g's end: dropped
-                status[slot[key // tpu], key % tpu] = "dropped"
-            elif i < last:
-                raise AssertionError("no removal, yet a candidate was skipped")
-    for (p, loc), gi in status.items():
-        if gi == "dropped" or thr is None:
-            continue
-        q = p - 1
-        while status.get((q, loc)) == "dropped":
-            q -= 1
-        if isinstance(status.get((q, loc)), tuple):
-            h, j = status[q, loc]
-            assert _cos(cands[gi[0]].embeddings[gi[1]].tolist(), cands[h].embeddings[j].tolist()) <= thr
+        for i in s.tolist():
+            key = int(c.keys[i])
+            kept[slot[key // tpu], key % tpu] = c.take(torch.tensor([i]))[0][0].tolist()
+    for (p, loc), e in kept.items():
+        if (p - 1, loc) in kept:
+            assert _cos(e, kept[p - 1, loc]) <= thr
 
 
 @settings(max_examples=400, deadline=None)
 @given(_instances())
 def test_select_tokens_matches_brute_force(inst):
-    tpu, encoded, groups, extra, budgets, thr, with_more = inst
-    if not with_more:
-        extra = [[] for _ in groups]
+    tpu, encoded, groups, holds, budgets, thr, with_encode = inst
     if thr is not None:  # float32 vs float64 cosines: keep clear of the threshold
-        toks = [t for g, e in zip(groups, extra) for t in g + [x for b in e for x in b]]
+        toks = [t for g in groups for t in g]
         assume(all(abs(_cos(a[2], b[2]) - thr) > 1e-4 for a in toks for b in toks
                    if a[0] % tpu == b[0] % tpu))
-    want, held = _reference(groups, extra, budgets, tpu, encoded, thr)
-    cands = [_cands(g) for g in groups]
-    pending = [list(e) for e in extra]
-    calls = [0] * len(groups)
-
-    def more(g):
-        calls[g] += 1
-        return _cands(pending[g].pop(0)) if pending[g] else None
-
-    got = selection.select_tokens(cands, torch.tensor(budgets), tpu, torch.tensor(encoded), thr,
-                                  more if with_more else None)
+    visible = groups if with_encode else [g[:h] for g, h in zip(groups, holds)]
+    want, redundant = _reference(visible, budgets, tpu, encoded, thr)
+    counter = RowCounter()
+    cands = [_group(g, hold=h, encode=with_encode, counter=counter) for g, h in zip(groups, holds)]
+    assert counter.peak == sum(holds)
+    got = selection.select_tokens(cands, torch.tensor(budgets), tpu, torch.tensor(encoded), thr)
     assert [s.tolist() for s in got] == want
     assert all(s.dtype == torch.int64 for s in got)
-    assert [c.keys.tolist() for c in cands] == [[t[0] for t in h] for h in held]
-    assert [c.scores.tolist() for c in cands] == [[t[1] for t in h] for h in held]
-    assert all(c.embeddings.shape == (len(h), 3) for c, h in zip(cands, held))
-    for g in range(len(groups)):  # more() is called only when needed, and not after None
-        assert calls[g] <= len(extra[g]) + 1
-    total = [len(g) + sum(len(b) for b in e) for g, e in zip(groups, extra)]
-    _check_final_state(cands, got, budgets, tpu, encoded, thr, total)
+    for g, (c, s) in enumerate(zip(cands, got)):
+        assert len(s) <= budgets[g]
+        assert c.redundant == redundant[g]
+        # one re-encode exactly when the group took a rank it did not hold, never two
+        assert len(c.calls) == c.reencodes == int(with_encode and len(s) + c.redundant > holds[g])
+        emb, side = c.take(s)  # the rows are the right ones, whatever came from a re-encode
+        assert emb.tolist() == [list(groups[g][i][2]) for i in s.tolist()]
+        assert side["extra"][:, 0].tolist() == [float(i) for i in s.tolist()]
+    # rows held never exceed the scan's plus the kept tokens; dropped rows are freed
+    assert counter.peak <= sum(holds) + sum(budgets)
     if thr is None:
-        assert [s.tolist() for s in got] == [list(range(min(b, n))) for b, n in zip(budgets, total)]
+        assert [s.tolist() for s in got] == [list(range(min(b, len(v)))) for b, v in zip(budgets, visible)]
+    else:
+        _adjacent_kept_never_redundant(cands, got, tpu, encoded, thr)
 
 
-def _line(embs, scores, units=None):
+def _line(embs, scores, units=None, hold=None):
     """One location (tpu 1): a group whose candidates are given in rank order."""
     units = units if units is not None else range(len(embs))
-    return _cands([(u, s, e) for u, s, e in zip(units, scores, embs)], dim=len(embs[0]))
+    return _group([(u, s, e) for u, s, e in zip(units, scores, embs)], dim=len(embs[0]), hold=hold)
+
+
+def _select(c, budgets, tpu, enc, thr):
+    return [s.tolist() for s in selection.select_tokens(c, torch.tensor(budgets), tpu, enc, thr)]
 
 
 def test_chain_through_a_dropped_token():
     # A(t-1) > B(t) > C(t+1) by score, A~B and B~C: B is dropped, C then meets A.
     A, B, C = (1.0, 0.0), (1.0, 1.0), (0.0, 1.0)
-    c = [_line([A, B, C], [0.9, 0.8, 0.7])]
-    assert selection.select_tokens(c, torch.tensor([3]), 1, torch.arange(3), 0.6)[0].tolist() == [0, 2]
+    assert _select([_line([A, B, C], [0.9, 0.8, 0.7])], [3], 1, torch.arange(3), 0.6) == [[0, 2]]
     A, B, C = (1.0, 0.0), (1.0, 0.2), (1.0, 0.05)  # now C ~ A too: dropped as well
-    c = [_line([A, B, C], [0.9, 0.8, 0.7])]
-    assert selection.select_tokens(c, torch.tensor([3]), 1, torch.arange(3), 0.95)[0].tolist() == [0]
+    assert _select([_line([A, B, C], [0.9, 0.8, 0.7])], [3], 1, torch.arange(3), 0.95) == [[0]]
 
 
 def test_higher_later_token_drops_the_earlier_one_and_becomes_ref():
     # units 0,1,2 alike; unit 1 scores highest: it drops unit 0, then drops unit 2.
     e = (1.0, 0.0)
-    c = [_line([e, e, e], [0.9, 0.5, 0.4], units=[1, 0, 2])]
-    assert selection.select_tokens(c, torch.tensor([3]), 1, torch.arange(3), 0.9)[0].tolist() == [0]
+    assert _select([_line([e, e, e], [0.9, 0.5, 0.4], units=[1, 0, 2])], [3], 1, torch.arange(3), 0.9) == [[0]]
     # the winner becomes ref: B drops A, then C (similar to B, not to A) meets B
     c = [_line([(1.0, 1.0), (1.0, 0.0), (0.0, 1.0)], [0.9, 0.5, 0.4], units=[1, 0, 2])]
-    assert selection.select_tokens(c, torch.tensor([3]), 1, torch.arange(3), 0.6, max_rounds=1)[0].tolist() == [0]
+    assert _select(c, [3], 1, torch.arange(3), 0.6) == [[0]]
     # three groups, one unit each, same embedding: only the top-scored survives
     c = [_line([e], [s], units=[u]) for u, s in ((0, 0.2), (1, 0.3), (2, 0.1))]
-    out = selection.select_tokens(c, torch.tensor([1, 1, 1]), 1, torch.arange(3), 0.9)
-    assert [s.numel() for s in out] == [0, 1, 0]
+    assert _select(c, [1, 1, 1], 1, torch.arange(3), 0.9) == [[], [0], []]
 
 
 def test_partners_are_consecutive_encoded_units():
     e = (1.0, 0.0)
     # Lite-like: units 0, 4, 8 encoded, so they are partners
-    c = [_line([e, e, e], [0.9, 0.8, 0.7], units=[4, 0, 8])]
-    assert selection.select_tokens(c, torch.tensor([3]), 1, torch.tensor([0, 4, 8]), 0.9)[0].tolist() == [0]
+    assert _select([_line([e, e, e], [0.9, 0.8, 0.7], units=[4, 0, 8])], [3], 1,
+                   torch.tensor([0, 4, 8]), 0.9) == [[0]]
     # every unit encoded, units 2 and 6 hold unselected tokens: the chain breaks, no drops
     c = [_line([e, e, e, (0.0, 1.0), (0.0, 1.0)], [0.9, 0.8, 0.7, 0.2, 0.1], units=[4, 0, 8, 2, 6])]
-    assert selection.select_tokens(c, torch.tensor([3]), 1, torch.arange(9), 0.9)[0].tolist() == [0, 1, 2]
+    assert _select(c, [3], 1, torch.arange(9), 0.9) == [[0, 1, 2]]
     # different locations never compare (tpu 2: keys 0 and 3 are unit 0 loc 0, unit 1 loc 1)
-    c = [_cands([(0, 0.9, (1.0, 0.0)), (3, 0.8, (1.0, 0.0))], dim=2)]
-    assert selection.select_tokens(c, torch.tensor([2]), 2, torch.arange(2), 0.9)[0].tolist() == [0, 1]
+    c = [_group([(0, 0.9, (1.0, 0.0)), (3, 0.8, (1.0, 0.0))], dim=2)]
+    assert _select(c, [2], 2, torch.arange(2), 0.9) == [[0, 1]]
 
 
-def test_refill_from_more_and_ties():
+def test_refill_reencodes_once_and_ties():
     e = (1.0, 0.0)
-    held = [_line([e, e], [0.9, 0.9])]  # equal scores: the later unit (1) goes
-    batches = [_line([(0.0, 1.0)], [0.5], units=[2]), _line([(1.0, 1.0)], [0.4], units=[3])]
-    batches[0].scores, batches[0].embeddings = batches[0].scores.double(), batches[0].embeddings.double()
-    asked = []
+    rows = [e, e, (0.0, 1.0), (1.0, 1.0)]  # units 0..3; equal top scores: the later unit (1) goes
+    c = _line(rows, [0.9, 0.9, 0.5, 0.4], hold=2)
+    assert _select([c], [2], 1, torch.arange(4), 0.9) == [[0, 2]]
+    assert c.reencodes == 1 and c.redundant == 1
+    # unit 3 (1, 1) is not redundant with unit 2 (0, 1) at 0.9: kept; the group then runs out
+    c = _line(rows, [0.9, 0.9, 0.5, 0.4], hold=2)
+    assert _select([c], [9], 1, torch.arange(4), 0.9) == [[0, 2, 3]] and c.reencodes == 1
+    # no re-encode when the held rows suffice; threshold None keeps the first B_g
+    c = _line(rows, [0.9, 0.9, 0.5, 0.4], hold=3)
+    assert _select([c], [2], 1, torch.arange(4), 0.9) == [[0, 2]] and c.reencodes == 0
+    c = _line(rows, [0.9, 0.9, 0.5, 0.4], hold=1)
+    assert _select([c], [2], 1, torch.arange(4), None) == [[0, 1]] and c.reencodes == 1
 
-    def more(g):
-        asked.append(g)
-        return batches.pop(0) if batches else None
 
-    obj = held[0]
-    out = selection.select_tokens(held, torch.tensor([2]), 1, torch.arange(4), 0.9, more)
-    assert out[0].tolist() == [0, 2] and held[0] is obj and obj.keys.tolist() == [0, 1, 2]
-    assert asked == [0] and len(batches) == 1  # only as much as needed
-    assert held[0].scores.dtype == torch.float32 and held[0].embeddings.dtype == torch.float32
-    out = selection.select_tokens(held, torch.tensor([9]), 1, torch.arange(4), 0.9, more)
-    assert held[0].keys.tolist() == [0, 1, 2, 3] and asked == [0, 0, 0]
-    # threshold None refills too, and never drops
-    c = [_line([e], [0.9])]
-    out = selection.select_tokens(c, torch.tensor([2]), 1, torch.arange(2), None,
-                                  lambda g: _line([e], [0.8], units=[1]) if c[0].keys.numel() < 2 else None)
-    assert out[0].tolist() == [0, 1]
+def test_a_drop_late_in_a_walk_is_walked_again():
+    # p ~ n and x ~ n, p not ~ x; n scores highest. The first walk keeps x against p, then n
+    # drops x; p and n now meet through the dropped x, and the second walk drops p.
+    p, x, n = (1.0, 0.0), (0.0, 1.0), (1.0, 1.0)
+    assert _select([_line([n, p, x], [0.9, 0.5, 0.4], units=[2, 0, 1])], [3], 1, torch.arange(3), 0.6) == [[0]]
+
+
+def test_refill_batches_share_one_reencode():
+    # six alike units, three held: step 1 keeps unit 0 (1, 2 dropped); the first batch (ranks
+    # 3, 4) re-encodes: 3 is rejected, 4 kept; the second batch (rank 5) reuses that encoding
+    e = (1.0, 0.0)
+    c = _line([e] * 6, [0.9, 0.8, 0.7, 0.6, 0.5, 0.4], hold=3)
+    assert _select([c], [3], 1, torch.arange(6), 0.9) == [[0, 4]]
+    assert c.reencodes == 1 and c.redundant == 4 and c.counter.rows == 2  # the kept rows only
+
+
+def test_refill_never_displaces_a_kept_token():
+    e = (1.0, 0.0)
+    # budget 2: units 0, 1 admitted, unit 1 dropped; the refill's unit 2 (score 0.7, higher
+    # than nothing kept nearby but redundant with unit 0 through the dropped unit 1) is not
+    # admitted, so it does not join the chain: unit 3 starts a new one and is kept.
+    c = _line([e, e, e, e], [0.9, 0.8, 0.7, 0.6])
+    assert _select([c], [2], 1, torch.arange(4), 0.9) == [[0, 3]] and c.redundant == 2
+    # a refill candidate scoring above the kept token it meets is still the one dropped:
+    # group 1 keeps unit 2, drops unit 3 (~ unit 2); its refill, unit 1 (0.8), meets unit 0 (0.1)
+    f = (0.0, 1.0)
+    g0, g1 = _line([e], [0.1], units=[0]), _line([f, f, e], [0.9, 0.85, 0.8], units=[2, 3, 1])
+    assert _select([g0, g1], [1, 2], 1, torch.arange(4), 0.9) == [[0], [0]]
+    assert (g0.redundant, g1.redundant) == (0, 2)
+    # the next kept token counts too: unit 1's candidate would become unit 2's ref
+    g0, g1 = _line([e], [0.1], units=[2]), _line([f, f, e], [0.9, 0.85, 0.8], units=[4, 5, 1])
+    assert _select([g0, g1], [1, 2], 1, torch.arange(6), 0.9) == [[0], [0]]
+    # not redundant either way: admitted
+    g0, g1 = _line([e], [0.1], units=[2]), _line([f, f, f], [0.9, 0.85, 0.8], units=[4, 5, 1])
+    assert _select([g0, g1], [1, 2], 1, torch.arange(6), 0.9) == [[0], [0, 2]]
 
 
 def test_zero_vectors_have_cosine_zero():
     z, e = (0.0, 0.0), (3.0, 4.0)  # tpu 2: location 0 holds zero vectors, location 1 does not
-    c = [_cands([(0, 0.9, z), (2, 0.8, z), (1, 0.7, e), (3, 0.6, e)], dim=2)]
-    assert selection.select_tokens(c, torch.tensor([4]), 2, torch.arange(2), 0.0)[0].tolist() == [0, 1, 2]
-    assert selection.select_tokens(c, torch.tensor([4]), 2, torch.arange(2), -0.5)[0].tolist() == [0, 2]
+    c = [_group([(0, 0.9, z), (2, 0.8, z), (1, 0.7, e), (3, 0.6, e)], dim=2)]
+    assert _select(c, [4], 2, torch.arange(2), 0.0) == [[0, 1, 2]]
+    assert _select(c, [4], 2, torch.arange(2), -0.5) == [[0, 2]]
 
 
-def test_max_rounds_and_empty_groups():
+def test_empty_groups_and_rows_freed():
     e = (1.0, 0.0)
-    c = [_line([e, e, e, e], [0.9, 0.8, 0.7, 0.6])]
-    # round 1 drops unit 1 (budget 2: units 0, 1); the refill (unit 2) is not walked again
-    assert selection.select_tokens(c, torch.tensor([2]), 1, torch.arange(4), 0.9, max_rounds=1)[0].tolist() == [0, 2]
-    assert selection.select_tokens(c, torch.tensor([2]), 1, torch.arange(4), 0.9)[0].tolist() == [0]
-    empty = Candidates(torch.zeros(0, dtype=torch.int64), torch.zeros(0), torch.zeros(0, 2))
-    out = selection.select_tokens([empty, c[0]], torch.tensor([3, 0]), 1, torch.arange(4), 0.9)
+    counter = RowCounter()
+    empty = GroupCandidates(torch.zeros(0, dtype=torch.int64), torch.zeros(0),
+                            torch.zeros(0, dtype=torch.int64), torch.zeros(0, 2), counter=counter)
+    c = _group([(u, 1.0 - u / 8, e) for u in range(4)], dim=2, counter=counter)
+    out = selection.select_tokens([empty, c], torch.tensor([3, 0]), 1, torch.arange(4), 0.9)
     assert [s.tolist() for s in out] == [[], []]
+    emb, side = empty.take(out[0])
+    assert emb.shape == (0, 2) and side == {}
+    c = _group([(u, 1.0 - u / 8, e) for u in range(6)], dim=2, counter=counter)
+    before = counter.rows
+    # units 0-2 admitted: 1 and 2 dropped; refills: 3 rejected (meets 0), 4 kept, 5 rejected
+    assert _select([c], [3], 1, torch.arange(6), 0.9)[0] == [0, 4]
+    assert counter.rows == before - 4 and c.redundant == 4  # the dropped tokens' rows are freed
+
+
+def test_trim_and_no_encode_limit_the_candidates():
+    e = [(1.0, 0.0), (0.0, 1.0), (1.0, 1.0), (-1.0, 0.0)]
+    c = _group([(u, 0.9 - u / 10, x) for u, x in enumerate(e)], dim=2, hold=3, encode=False)
+    assert len(c) == 3
+    c.trim(2)
+    assert len(c) == 2 and c.counter.rows == 2
+    assert _select([c], [4], 1, torch.arange(4), None) == [[0, 1]]
 
 
 def test_select_tokens_errors():
@@ -429,10 +479,15 @@ def test_select_tokens_errors():
         c = [_line([(1.0, 0.0)], [0.9], units=[u])]
         with pytest.raises(ValueError, match="^encoded_units"):
             selection.select_tokens(c, torch.tensor([1]), 1, torch.tensor(enc, dtype=torch.int64), 0.9)
+    n, r = torch.zeros(2, dtype=torch.int64), torch.arange(2)
     for keys in (torch.zeros(2), torch.zeros(2, 1, dtype=torch.int64)):
         with pytest.raises(ValueError, match="^keys"):
-            Candidates(keys, torch.zeros(2), torch.zeros(2, 3))
+            GroupCandidates(keys, torch.zeros(2), r, torch.zeros(2, 3))
     with pytest.raises(ValueError, match="scores"):
-        Candidates(torch.zeros(2, dtype=torch.int64), torch.zeros(3), torch.zeros(2, 3))
-    with pytest.raises(ValueError, match="embeddings"):
-        Candidates(torch.zeros(2, dtype=torch.int64), torch.zeros(2), torch.zeros(2))
+        GroupCandidates(n, torch.zeros(3), r, torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="rows"):
+        GroupCandidates(n, torch.zeros(2), r.float(), torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="embeds"):
+        GroupCandidates(n, torch.zeros(2), r + 1, torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="embeds"):
+        GroupCandidates(n, torch.zeros(2), r, torch.zeros(2))

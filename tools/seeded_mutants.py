@@ -152,6 +152,35 @@ MUTANTS = {
                                        "return target"),
     "gemma4_flash_allowed": ("adapttoken_ext/models/gemma4.py", 'if name and name.startswith("flash_attention"):',
                              "if False:"),
+    # step 7 (selection.select_tokens, GroupCandidates): a fourth item names the tests to run
+    "step7_partner_by_unit_not_encoded_index": ("adapttoken_ext/selection.py",
+                                                "self.pos.append(pos.tolist())",
+                                                "self.pos.append(unit.tolist())", "selection"),
+    "step7_refill_exceeds_budget": ("adapttoken_ext/selection.py",
+                                    "r1 = min(len(c), r0 + self.b[g] - self.kept[g])",
+                                    "r1 = min(len(c), r0 + self.b[g] - self.kept[g] + 1)", "selection"),
+    "step7_refill_meets_a_dropped_token": ("adapttoken_ext/selection.py",
+                                           "            if self.state[g][r] == _KEPT:\n                return g, r",
+                                           "            if True:\n                return g, r", "selection"),
+    "step7_refill_ignores_the_next_kept": ("adapttoken_ext/selection.py",
+                                           " or (after and self.similar(x, after))", "", "selection"),
+    "step7_delta_ge": ("adapttoken_ext/selection.py", "> self.thr", ">= self.thr", "selection"),
+    "step7_tie_keeps_the_later": ("adapttoken_ext/selection.py",
+                                  "if self.score[g][r] <= self.score[ref[0]][ref[1]]:",
+                                  "if self.score[g][r] < self.score[ref[0]][ref[1]]:", "selection"),
+    "step7_walk_once": ("adapttoken_ext/selection.py", "            while self.walk(loc):\n                pass",
+                        "            self.walk(loc)", "selection"),
+    "step7_reencode_every_batch": ("adapttoken_ext/selection.py", "        if self._live is None:\n            self._live",
+                                   "        if True:\n            self._live", "selection"),
+    "step7_dropped_rows_kept": ("adapttoken_ext/selection.py",
+                                "if self._emb.pop(r, None) is not None:", "if False:", "selection"),
+    "step7_rows_not_mapped": ("adapttoken_ext/selection.py", "idx = self.rows[torch.tensor(ranks)]",
+                              "idx = torch.tensor(ranks)", "selection"),
+    "step7_ran_out_not_reported": ("adapttoken_ext/stages.py", "r.ran_out = k.numel() < b", "r.ran_out = False",
+                                   "why"),
+    "step7_budget_cap_not_reported": ("adapttoken_ext/pipeline.py",
+                                "budget_capped=cfg.budget > sum(r.num_tokens for r in records)",
+                                "budget_capped=False", "why"),
 }
 
 TESTS = ["python_tests/test_sequence.py", "python_tests/test_positions.py", "python_tests/test_pipeline.py",
@@ -159,6 +188,9 @@ TESTS = ["python_tests/test_sequence.py", "python_tests/test_positions.py", "pyt
          "python_tests/test_internvl.py", "python_tests/test_llava_onevision.py",
          "python_tests/test_glm4v.py", "python_tests/test_gemma4.py",
          "-k", "not 10k_frames and not demo_console"]
+# tests named by a mutant's fourth item
+SUITES = {"selection": ["python_tests/test_selection.py"],
+          "why": ["python_tests/test_pipeline.py", "-k", "why_fewer"]}
 
 
 def run(name: str, file: str, old: str, new: str, tests=TESTS) -> bool:
@@ -186,12 +218,14 @@ def main() -> int:
     tests = args.tests or TESTS
     chosen = {k: v for k, v in MUTANTS.items() if args.k in k}
     file, old, _ = MUTANTS["queries_include_visual_rows"]
-    if run("baseline", file, old, old, tests):
-        print("the unmutated copy fails its tests: fix that first")
-        return 2
+    suites = {m[3] if len(m) > 3 else None for m in chosen.values()}
+    for suite in sorted(suites, key=str):
+        if run("baseline", file, old, old, SUITES[suite] if suite else tests):
+            print(f"the unmutated copy fails its tests ({suite or 'default'}): fix that first")
+            return 2
     survived = []
-    for name, (file, old, new) in chosen.items():
-        killed = run(name, file, old, new, tests)
+    for name, (file, old, new, *suite) in chosen.items():
+        killed = run(name, file, old, new, SUITES[suite[0]] if suite else tests)
         print(f"{'killed  ' if killed else 'SURVIVED'} {name}", flush=True)
         if not killed:
             survived.append(name)
