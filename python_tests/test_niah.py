@@ -1,0 +1,158 @@
+"""Needle-in-a-haystack (adapttoken_ext.niah, V-NIAH arXiv 2406.16852): where the needle is
+drawn, that the haystack elsewhere is the plain reader's byte for byte, the argument errors,
+and the trained needle checkpoint's acceptance (issue 23, section 3).
+
+Expected needle geometry is written out here from the documented fractions of the frame
+(not from niah's drawing code): e.g. the colour square is 0.6 of the height per side,
+centred, so on a 56 x 112 frame rows 11..44 and columns 39..72.
+"""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from adapttoken_ext import niah
+from adapttoken_ext.video import VideoReader, sample_frame_indices, sample_video
+
+BIKES = sample_video("bikes.mp4")
+
+
+def plain_frames(indices, H, W):
+    with VideoReader(BIKES) as r:
+        return r.get_frames(indices, H, W)
+
+
+@pytest.mark.parametrize("H,W,rows,cols", [(56, 112, (11, 45), (39, 73)),
+                                           (112, 224, (22, 90), (78, 146))])
+def test_colour_square_where_documented(H, W, rows, cols):
+    f = plain_frames([10, 11], H, W)
+    out = niah.draw_needle(f, niah.make_needle("colour", "blue"))
+    inside = torch.zeros(H, W, dtype=torch.bool)
+    inside[rows[0]:rows[1], cols[0]:cols[1]] = True
+    assert torch.equal(out[:, :, ~inside], f[:, :, ~inside])
+    blue = torch.tensor(niah.COLOURS["blue"], dtype=torch.uint8).view(1, 3, 1)
+    assert (out[:, :, inside] == blue).all()
+    assert torch.equal(f, plain_frames([10, 11], H, W))  # the input is not changed
+
+
+def test_digit_segments_and_quadrant_ball():
+    H, W = 56, 112
+    f = torch.full((1, 3, H, W), 100, dtype=torch.uint8)
+    # digit box: 0.8 H = 44.8 high -> rows [5.6, 50.4) = 6..49; 0.55 * 44.8 = 24.64 wide
+    # about the centre 56 -> columns [43.68, 68.32) = 44..67
+    one = niah.draw_needle(f, niah.make_needle("digit", "1"))[0, 0]
+    assert (one[:6] == 100).all() and (one[50:] == 100).all()
+    assert (one[:, :44] == 100).all() and (one[:, 68:] == 100).all()
+    box = one[6:50, 44:68]
+    assert set(box.unique().tolist()) == {0, 255}
+    assert (box[:, : box.shape[1] // 2] == 0).all()  # "1": segments b and c, right side only
+    eight = niah.draw_needle(f, niah.make_needle("digit", "0"))[0, 0, 6:50, 44:68]
+    assert (eight[:, :8] == 255).any() and (eight[:, -8:] == 255).any()
+    assert not torch.equal(box, eight)
+    for cls, (qy, qx) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
+        ball = niah.draw_needle(f, niah.make_needle("quadrant", cls))[0, 0]
+        changed = torch.nonzero(ball != 100)
+        ys, xs = changed[:, 0], changed[:, 1]
+        assert ((ys >= H // 2) == bool(qy)).all() and ((xs >= W // 2) == bool(qx)).all()
+        # centre of the quadrant: black core; the ball's rim: white
+        cy, cx = int((qy + 0.5) * H / 2), int((qx + 0.5) * W / 2)
+        assert ball[cy, cx] == 0 and (ball == 255).sum() > 0
+
+
+def test_draw_numpy_matches_torch():
+    f = plain_frames([3], 56, 112)
+    n = niah.make_needle("quadrant", "bottom left")
+    out = niah.draw_needle(f.numpy().copy(), n)
+    assert isinstance(out, np.ndarray) and out.dtype == np.uint8
+    assert np.array_equal(out, niah.draw_needle(f, n).numpy())
+
+
+def test_needle_positions_first_and_last_unit():
+    assert niah.needle_positions(16, 2, 0.0) == [0, 1]
+    assert niah.needle_positions(16, 2, 1.0) == [14, 15]
+    assert niah.needle_positions(16, 2, 0.5) == [8, 9]  # 0.5 * 7 units = 3.5 -> unit 4
+    assert niah.needle_positions(16, 2, 0.25, length=3) == [4, 5, 6]  # 2 units, from unit 2
+    assert niah.needle_units(10, 1.0, 3) == [7, 8, 9]
+    for d in (0.0, 0.3, 0.7, 1.0):  # always whole units inside the video, a unit boundary first
+        p = niah.needle_positions(64, 2, d)
+        assert p[0] % 2 == 0 and 0 <= p[0] and p[-1] < 64 and len(p) == 2
+
+
+@pytest.mark.parametrize("depth", [0.0, 0.6, 1.0])
+def test_needle_video_overlays_only_the_needle_unit(depth):
+    frames, unit, H, W = 20, 2, 56, 112
+    n = niah.make_needle("colour", "red")
+    with VideoReader(BIKES) as r:
+        idx = sample_frame_indices(r.info.num_frames, frames, unit, r.info.timestamps_s)
+        plain = r.get_frames(idx, H, W)
+    with niah.NeedleVideo(BIKES, n, depth, frames=frames, unit=unit) as v:
+        assert v.sampled == idx and v.info.num_frames == 250 and v.backend in ("pyav", "torchcodec")
+        v.plan(idx, H, W)
+        got = v.get_frames(idx, H, W)
+        part = v.get_frames(idx[5:9], H, W)  # a partial request sees the same frames
+    k = math.floor(depth * (frames // unit - 1) + 0.5)  # the needle's unit
+    holds = [2 * k, 2 * k + 1]
+    assert v.units == [k] and v.positions == holds
+    assert v.needle_frames == {idx[i] for i in holds}
+    for i in range(frames):
+        if i in holds:
+            assert not torch.equal(got[i], plain[i])
+            red = torch.tensor(niah.COLOURS["red"], dtype=torch.uint8).view(3, 1)
+            assert (got[i][:, 11:45, 39:73].reshape(3, -1) == red).all()
+            rest = torch.ones(H, W, dtype=torch.bool)
+            rest[11:45, 39:73] = False
+            assert torch.equal(got[i][:, rest], plain[i][:, rest])
+        else:
+            assert torch.equal(got[i], plain[i])  # the haystack, byte for byte
+    assert torch.equal(part, got[5:9])
+
+
+def test_needle_image(tmp_path):
+    from PIL import Image
+    img = np.zeros((20, 40, 4), np.uint8)
+    img[..., 1] = 200  # green, opaque on the left half only
+    img[:, :20, 3] = 255
+    path = tmp_path / "needle.png"
+    Image.fromarray(img, "RGBA").save(path)
+    n = niah.make_needle("image", image=path, question="What is it?",
+                         options=["A. a leaf", "B. a cat", "C. a car", "D. a dog"], answer="A")
+    assert n.answer == "A" and n.options[0] == "A. a leaf"
+    f = torch.full((1, 3, 56, 112), 7, dtype=torch.uint8)
+    out = niah.draw_needle(f, n)[0]
+    # 0.6 H = 33.6 high, twice as wide (67.2): rows 11..44, cols 22..89; left half opaque
+    assert out[1, 28, 40] == 200 and out[0, 28, 40] == 0
+    assert (out[:, 28, 70] == 7).all()  # transparent half: the haystack shows
+    assert (out[:, :10] == 7).all() and (out[:, :, :20] == 7).all()
+
+
+@pytest.mark.parametrize("call,name", [
+    (lambda: niah.needle_positions(16, 2, -0.1), "depth"),
+    (lambda: niah.needle_positions(16, 2, 1.5), "depth"),
+    (lambda: niah.needle_positions(16, 2, "half"), "depth"),
+    (lambda: niah.needle_positions(16, 2, 0.5, length=0), "length"),
+    (lambda: niah.make_needle("sticker"), "kind"),
+    (lambda: niah.make_needle("colour", "purple"), "cls"),
+    (lambda: niah.make_needle("colour", 4), "cls"),
+    (lambda: niah.make_needle("image", question="q?", options=["A. x", "B. y"], answer="A"), "image"),
+    (lambda: niah.make_needle("image", image="/no/such.png", question="q?",
+                              options=["A. x", "B. y"], answer="A"), "image"),
+    (lambda: niah.make_needle("image", image=str(BIKES), question="q?",
+                              options=["A. x", "B. y"], answer="A"), "image"),
+    (lambda: niah.draw_needle(torch.zeros(2, 56, 112), niah.make_needle("colour")), "frames"),
+    (lambda: niah.NeedleVideo(BIKES, niah.make_needle("colour"), 2.0, frames=16, unit=2), "depth"),
+])
+def test_bad_arguments_name_the_argument(call, name):
+    with pytest.raises((ValueError, FileNotFoundError), match=name):
+        call()
+
+
+def test_needle_image_answer_must_be_an_option(tmp_path):
+    from PIL import Image
+    path = tmp_path / "n.png"
+    Image.new("RGB", (8, 8), (255, 0, 0)).save(path)
+    with pytest.raises(ValueError, match="answer"):
+        niah.make_needle("image", image=path, question="q?", options=["A. x", "B. y"], answer="C")
+    with pytest.raises(ValueError, match="question"):
+        niah.make_needle("image", image=path, question=" ", options=["A. x", "B. y"], answer="A")
+
