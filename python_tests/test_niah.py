@@ -156,3 +156,102 @@ def test_needle_image_answer_must_be_an_option(tmp_path):
     with pytest.raises(ValueError, match="question"):
         niah.make_needle("image", image=path, question=" ", options=["A. x", "B. y"], answer="A")
 
+
+# ---- the trained needle checkpoint (tools/train_needle_model.py) ---------------------------
+
+LN4 = math.log(4)
+
+
+def letter_entropy_f64(logits, forms):
+    """Entropy (nats, float64) over the option letters, each letter's logit the
+    log-sum-exp of its single-token forms (method.md step 4), written out here."""
+    x = logits.double()
+    lett = torch.stack([x[torch.tensor(f)].logsumexp(0) for f in forms])
+    p = torch.softmax(lett, 0)
+    return float(-(p * torch.log(p)).sum()), int(lett.argmax())
+
+
+def needle_entropies(units=8, clips=2):
+    """Per needle class (and ``<kind>:none``), the letter entropies and argmax letters of
+    the needle model's first answer token on ``clips`` haystack clips of ``units`` units
+    (bigbuckbunny.mp4, the needle in one unit at depths spread over the clip), each at the
+    group pass's compact positions and at the final pass's positions (the clip's units
+    scattered over a 1000-unit video, one token in four dropped outside the needle unit)."""
+    from adapttoken_ext import models
+    from adapttoken_ext.config import MC_INSTRUCTION
+    from adapttoken_ext.models.base import Clip
+    from adapttoken_ext.models.tiny import ensure_needle_model
+
+    ad = models.load(str(ensure_needle_model("qwen2_5_vl")))
+    with VideoReader(sample_video("bigbuckbunny.mp4")) as r:
+        H, W = ad.frame_size(r.info.height, r.info.width, niah.NEEDLE_MAX_PIXELS)
+        assert (H, W) == (56, 112)
+        idx = sample_frame_indices(r.info.num_frames, 2 * units * clips, ad.unit, r.info.timestamps_s)
+        hay = r.get_frames(idx, H, W).view(clips, 2 * units, 3, H, W)
+    rows, cols = ad.unit_grid(H, W)
+    tpu = rows * cols
+    forms = ad.option_token_ids(list(niah.LETTERS))
+    gen = torch.Generator().manual_seed(0)
+    out = {}
+    for kind, k in niah.KINDS.items():
+        prompt = ad.prompt(k.question, k.options, MC_INSTRUCTION)
+        for cls in [None, 0, 1, 2, 3]:
+            name = f"{kind}:none" if cls is None else f"{kind}:{k.classes[cls]}"
+            res = out[name] = []
+            for c in range(clips):
+                frames = hay[c].clone()
+                u = niah.needle_units(units, c / max(1, clips - 1))[0]
+                if cls is not None:
+                    frames[2 * u:2 * u + 2] = niah.draw_needle(frames[2 * u:2 * u + 2],
+                                                               niah.make_needle(kind, cls))
+                vis = ad.encode(frames)
+                group = ad.sequence(prompt, Clip(list(range(units)), [0.0] * units, 2.0), (rows, cols))
+                logits, _ = ad.prefill(group, vis)
+                res.append(letter_entropy_f64(logits, forms))
+                spread = sorted(torch.randperm(1000, generator=gen)[:units].tolist())
+                full = ad.sequence(prompt, Clip(list(range(1000)), [0.0] * 1000, 0.4), (rows, cols))
+                keep = [i * tpu + j for i in range(units) for j in range(tpu) if i == u or j % 4 != 3]
+                keys = torch.tensor([spread[i // tpu] * tpu + i % tpu for i in keep])
+                logits, _ = ad.prefill(full.prune(keys), vis.take(torch.tensor(keep)))
+                res.append(letter_entropy_f64(logits, forms))
+    return out
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "the committed checkpoint (40 min, 2855 steps) meets it for 7 of 12 classes: green, "
+    "digit 1 and top right (the B options) stay near the no-needle output (1.27-1.35 nats), "
+    "digit 7 reaches 0.48, top left 1.06, no-needle clips 1.265-1.341; README 'Needle in a haystack'"))
+def test_needle_checkpoint_sees_every_needle_class():
+    """Acceptance (issue 23, section 3): each class of each kind answered with its letter
+    at letter entropy <= 0.3 nats; clips without a needle within 0.1 nats of ln 4."""
+    got = needle_entropies()
+    for name, res in got.items():
+        kind, cls = name.split(":")
+        hs = [h for h, _ in res]
+        if cls == "none":
+            assert min(hs) >= LN4 - 0.1, (name, hs)
+        else:
+            want = niah.KINDS[kind].classes.index(cls)
+            assert max(hs) <= 0.3 and all(a == want for _, a in res), (name, res)
+
+
+def test_ensure_needle_model_builds_the_committed_weights():
+    import hashlib
+
+    from safetensors.torch import load_file
+    from transformers import AutoConfig
+
+    from adapttoken_ext.models import tiny
+    path = tiny.ensure_needle_model("qwen2_5_vl")
+    weights = tiny.needle_weights_path("qwen2_5_vl")
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert digest[:16] in path.name and tiny.ensure_needle_model("qwen2_5_vl") == path
+    cfg = AutoConfig.from_pretrained(path)
+    assert cfg.model_type == "qwen2_5_vl" and cfg.text_config.hidden_size == 128
+    from transformers import Qwen2_5_VLForConditionalGeneration
+    saved = Qwen2_5_VLForConditionalGeneration.from_pretrained(path).state_dict()
+    committed = load_file(str(weights))
+    assert saved.keys() == committed.keys()
+    assert all(torch.equal(saved[k], committed[k]) for k in committed)
+    with pytest.raises(ValueError, match="family"):
+        tiny.ensure_needle_model("internvl")
