@@ -58,19 +58,20 @@ def tiny_model_dir(family: str = DEFAULT_FAMILY) -> Path:
     return Path(root) / f"tiny-{family}-v{_VERSION}"
 
 
-def build_tokenizer(out: Path, special_tokens, chat_template: str, eos: str, pad: str, **named):
-    """A byte-level BPE tokenizer trained offline, saved to ``out`` with ``chat_template``;
-    ``named``: keyword arguments of ``PreTrainedTokenizerFast`` such as named
-    ``extra_special_tokens``."""
+def build_tokenizer(out: Path, special_tokens, chat_template: str, eos: str, pad: str,
+                    corpus: str = _CORPUS, vocab_size: int = 400, **named):
+    """A byte-level BPE tokenizer trained offline on ``corpus``, saved to ``out`` with
+    ``chat_template``; ``named``: keyword arguments of ``PreTrainedTokenizerFast`` such as
+    named ``extra_special_tokens``."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=list(special_tokens),
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(special_tokens),
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator([_CORPUS] * 4, trainer)
+    tok.train_from_iterator([corpus] * 4, trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos,
                                    pad_token=pad, model_max_length=1 << 24, **named)
     fast.chat_template = chat_template
@@ -465,6 +466,133 @@ def ensure_tiny_model(family: str = DEFAULT_FAMILY) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=final.parent))
     try:
         build_tiny_model(tmp, family)
+        try:
+            os.replace(tmp, final)
+        except OSError:  # another process finished first
+            if not (final / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+# ---- the trained needle checkpoint (tools/train_needle_model.py) -----------------------------
+
+NEEDLE_FAMILIES = ("qwen2_5_vl",)
+_DATA = Path(__file__).resolve().parent.parent / "data"
+
+
+def needle_model_id(family: str = DEFAULT_FAMILY) -> str:
+    """The name the trained needle checkpoint goes by (``--model`` and results)."""
+    return f"adapttoken/needle-{family}"
+
+
+def _check_needle_family(family: str) -> None:
+    if family not in NEEDLE_FAMILIES:
+        raise ValueError(f"family: no needle checkpoint for {family!r} "
+                         f"(available: {', '.join(NEEDLE_FAMILIES)})")
+
+
+def needle_weights_path(family: str = DEFAULT_FAMILY) -> Path:
+    """The committed weights of the trained needle checkpoint of ``family``
+    (``adapttoken_ext/data/needle-<family>.safetensors``; README "Needle checkpoint")."""
+    return _DATA / f"needle-{family}.safetensors"
+
+
+def build_needle_model(out: Path, family: str = DEFAULT_FAMILY, weights: Path | None = None,
+                       seed: int = 0):
+    """Write the needle ``family`` checkpoint to ``out``: the architecture of
+    :func:`build_tiny_model` at the trained size (Qwen2.5-VL: text hidden 128, 4 layers,
+    4 query / 2 KV heads; vision 2 layers, hidden 64, window 112 px), the same offline
+    tokenizer and chat template, and ``weights`` (a safetensors state dict; None: a seeded
+    random init, the start of training). Returns the model (fp32, eval mode).
+
+    Raises:
+        ValueError: naming ``family`` when it has no needle checkpoint; naming ``weights``
+            when they do not fit the architecture.
+    """
+    import torch
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    from ..config import MC_INSTRUCTION
+    from ..niah import KINDS
+    _check_needle_family(family)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    # the needle prompts in the corpus: whole words become single tokens, so a prompt is
+    # about 50 tokens instead of 100 (training time goes with the sequence length)
+    corpus = "\n".join([_CORPUS, "system user assistant", MC_INSTRUCTION]
+                       + [k.question + "\n" + "\n".join(k.options) for k in KINDS.values()])
+    tok = build_tokenizer(out, SPECIAL_TOKENS, CHAT_TEMPLATE, "<|im_end|>", "<|endoftext|>",
+                          corpus=corpus, vocab_size=1000)
+    ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    config = Qwen2_5_VLConfig(
+        text_config=dict(
+            vocab_size=len(tok), hidden_size=128, intermediate_size=256, num_hidden_layers=4,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1 << 20,
+            # head_dim 32: 16 rotary frequencies split (T, H, W) as Qwen2.5-VL's [16, 24, 24] of 64
+            rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [4, 6, 6]},
+            tie_word_embeddings=False, bos_token_id=ids["<|endoftext|>"],
+            eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"]),
+        vision_config=dict(
+            depth=2, hidden_size=64, intermediate_size=128, num_heads=2, out_hidden_size=128,
+            patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
+            fullatt_block_indexes=[1], tokens_per_second=2, in_channels=3),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
+    )
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(config)
+    if weights is not None:
+        from safetensors.torch import load_file
+        try:
+            model.load_state_dict(load_file(str(weights)), strict=True)
+        except RuntimeError as e:
+            raise ValueError(f"weights: {str(weights)!r} do not fit the needle architecture ({e})") from None
+    model.eval()
+    from ..niah import NEEDLE_MAX_PIXELS
+    model.save_pretrained(out)
+    (out / "preprocessor_config.json").write_text(json.dumps({
+        "image_mean": [0.48145466, 0.4578275, 0.40821073],
+        "image_std": [0.26862954, 0.26130258, 0.27577711],
+        "min_pixels": 56 * 56, "max_pixels": NEEDLE_MAX_PIXELS, "patch_size": 14,
+        "temporal_patch_size": 2, "merge_size": 2}, indent=1))
+    (out / "README.md").write_text(
+        "Tiny Qwen2.5-VL TRAINED on the needle-in-a-haystack task of adapttoken_ext.niah\n"
+        "(tools/train_needle_model.py). It answers only the built-in needle questions, on\n"
+        f"frames resized with max_pixels={NEEDLE_MAX_PIXELS} (56 x 112 px).\n")
+    return model
+
+
+def needle_model_dir(family: str = DEFAULT_FAMILY) -> Path:
+    """Where the needle checkpoint is built: ``$ADAPTTOKEN_CACHE`` or the user cache dir,
+    named by the committed weights' sha256 (new weights, a new directory)."""
+    import hashlib
+    digest = hashlib.sha256(needle_weights_path(family).read_bytes()).hexdigest()
+    return tiny_model_dir(family).parent / f"needle-{family}-{digest[:16]}"
+
+
+def ensure_needle_model(family: str = DEFAULT_FAMILY) -> Path:
+    """A loadable checkpoint directory of the trained needle model of ``family``, built on
+    first use (atomically) from the committed weights (:func:`needle_weights_path`) and
+    the generated config and tokenizer.
+
+    Raises:
+        ValueError: naming ``family`` when it has no needle checkpoint.
+        FileNotFoundError: the committed weights are missing from the installation.
+    """
+    _check_needle_family(family)
+    weights = needle_weights_path(family)
+    if not weights.is_file():
+        raise FileNotFoundError(f"needle checkpoint: weights {str(weights)!r} missing from the installation")
+    final = needle_model_dir(family)
+    if (final / "config.json").is_file():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=final.parent))
+    try:
+        build_needle_model(tmp, family, weights)
         try:
             os.replace(tmp, final)
         except OSError:  # another process finished first
