@@ -176,9 +176,10 @@ def test_keep_all_matches_transformers_generate(tiny, clip8, monkeypatch):
 
 def test_pruned_decoding_matches_full_recomputation(tiny, clip8, monkeypatch):
     """A run that drops frames 4-7 feeds the kept columns of HF's unpruned sequence (their
-    ids, time texts and 1-D positions; a dropped frame loses its time text and brackets),
-    each kept frame's tokens one bidirectional block, and decodes at L_full + s: checked by
-    full recomputation through the model's own forward."""
+    ids and time texts; a dropped frame loses its time text and brackets) at compact
+    positions 0..len-1 (method.md step 9, 1-D RoPE), each kept frame's tokens one
+    bidirectional block, and decodes at len + s: checked by full recomputation through the
+    model's own forward."""
     from transformers import AutoTokenizer
     from transformers.modeling_outputs import BaseModelOutputWithPooling
     at = _pipeline(tiny, units_per_group=4, budget=12, group_layout="contiguous", force_stop_after=1,
@@ -205,12 +206,14 @@ def test_pruned_decoding_matches_full_recomputation(tiny, clip8, monkeypatch):
     kept_vis, vis_cols = set(vid[keys].tolist()), set(vid.tolist())
     keep = torch.tensor([c for c in range(len(full)) if c not in dropped and (c in kept_vis or c not in vis_cols)])
     assert torch.equal(final["seq"].input_ids, full[keep])  # kept frames keep their time texts
-    assert torch.equal(final["seq"].positions, keep[None])  # and their unpruned positions
+    n = keep.numel()
+    assert torch.equal(final["seq"].positions, torch.arange(n)[None])  # compact positions
+    assert final["seq"].next_position == n < full.numel()
     with torch.no_grad():
         enc = model.model.get_video_features(inp["pixel_values_videos"], inp["video_position_ids"],
                                              num_frames_per_video=inp["num_frames_per_video"], return_dict=True)
     vis = torch.cat(enc.pooler_output)[keys]
-    cur, pos, types = full[keep], keep.clone(), inp["mm_token_type_ids"][0, keep]
+    cur, pos, types = full[keep], torch.arange(n), inp["mm_token_type_ids"][0, keep]
     want = []
     with torch.no_grad():
         for s in range(10):
@@ -220,7 +223,7 @@ def test_pruned_decoding_matches_full_recomputation(tiny, clip8, monkeypatch):
             if t in at.adapter.eos_token_ids:
                 break
             want.append(t)
-            cur, pos = torch.cat([cur, torch.tensor([t])]), torch.cat([pos, torch.tensor([len(full) + s])])
+            cur, pos = torch.cat([cur, torch.tensor([t])]), torch.cat([pos, torch.tensor([n + s])])
             types = torch.cat([types, torch.zeros(1, dtype=types.dtype)])
     assert len(want) >= 8
     assert ids[0] == want
