@@ -46,8 +46,8 @@ MUTANTS = {
                               "return [math.floor(t * step) for t in range(units)]",
                               "return [round(t * step) for t in range(units)]"),
     "mrope_tokens_per_second_ignored": ("adapttoken_ext/models/qwen2_5_vl.py",
-                                        "clip.seconds_per_unit, self.tokens_per_second)",
-                                        "clip.seconds_per_unit, 1)"),
+                                        "return clip.seconds_per_unit, self.tokens_per_second",
+                                        "return clip.seconds_per_unit, 1"),
     "mrope_final_compact": ("adapttoken_ext/models/qwen2_5_vl.py", "return Sequence(ids, key, units, pos, nxt)",
                             "return Sequence(ids, key, units, pos, nxt, compact=True)"),
     "mrope_h_w_swapped": ("adapttoken_ext/models/mrope.py", "return torch.stack([T, H, W])",
@@ -152,6 +152,14 @@ MUTANTS = {
                                        "return target"),
     "gemma4_flash_allowed": ("adapttoken_ext/models/gemma4.py", 'if name and name.startswith("flash_attention"):',
                              "if False:"),
+    "qwen2_vl_time_scaled_like_qwen2_5": ("adapttoken_ext/models/qwen2_vl.py", "return 1, 1",
+                                          "return clip.seconds_per_unit, 2"),  # 2.5's released tps
+    "qwen2_vl_time_per_frame": ("adapttoken_ext/models/qwen2_vl.py", "return 1, 1", "return self.unit, 1"),
+    "qwen2_vl_window_attention_class": ("adapttoken_ext/models/qwen2_vl.py",
+                                        'MODEL_CLASS = "Qwen2VLForConditionalGeneration"',
+                                        'MODEL_CLASS = "Qwen2_5_VLForConditionalGeneration"'),
+    "qwen2_vl_loaded_as_qwen2_5_vl": ("adapttoken_ext/models/__init__.py", '"qwen2_vl:Qwen2VLAdapter"',
+                                      '"qwen2_5_vl:Qwen2_5_VLAdapter"'),
     # step 7 (selection.select_tokens, GroupCandidates): a fourth item names the tests to run
     "step7_partner_by_unit_not_encoded_index": ("adapttoken_ext/selection.py",
                                                 "self.pos.append(pos.tolist())",
@@ -184,7 +192,7 @@ MUTANTS = {
 }
 
 TESTS = ["python_tests/test_sequence.py", "python_tests/test_positions.py", "python_tests/test_pipeline.py",
-         "python_tests/test_qwen3.py",
+         "python_tests/test_qwen3.py", "python_tests/test_qwen2_vl.py",
          "python_tests/test_internvl.py", "python_tests/test_llava_onevision.py",
          "python_tests/test_glm4v.py", "python_tests/test_gemma4.py",
          "-k", "not 10k_frames and not demo_console"]

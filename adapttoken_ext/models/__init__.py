@@ -8,6 +8,7 @@ from .base import VideoAdapter
 
 # config.model_type -> "module:class" of its adapter
 ADAPTERS = {
+    "qwen2_vl": "qwen2_vl:Qwen2VLAdapter",
     "qwen2_5_vl": "qwen2_5_vl:Qwen2_5_VLAdapter",
     "qwen3_vl": "qwen3_vl:Qwen3VLAdapter",
     "qwen3_5": "qwen3_5:Qwen3_5Adapter",

@@ -1,4 +1,4 @@
-"""M-RoPE position ids of the Qwen2/2.5-VL layout, as the models were trained (method.md
+"""M-RoPE position ids of the Qwen2-VL / Qwen2.5-VL layout, as the models were trained (method.md
 "Positions", steps 2 and 9).
 
 ``[text before the video][one video][text after it]`` gets 3-row ids ``(T, H, W)``:
@@ -6,14 +6,16 @@
 - the text before the video at ``0..s-1`` on all three rows;
 - video token ``(t, h, w)`` (temporal patch ``t`` of the clip, cell ``(h, w)`` of the merged
   grid) at ``T = s + floor(t * second_per_grid_t * tokens_per_second)``, ``H = s + h``,
-  ``W = s + w``;
+  ``W = s + w`` (Qwen2-VL: ``T = s + t``, its reference ``t_index = arange(t)``; call with
+  ``second_per_grid_t = tokens_per_second = 1``);
 - the text after the video from ``max(all video positions) + 1`` on, one step per token;
 - the first generated token one after the last text position.
 
-This is Qwen's reference ``get_rope_index`` (transformers 4.x, vLLM: ``st_idx =
-llm_pos_ids_list[-1].max() + 1``). transformers 5.x instead advances by ``max(h, w)`` after
-a video (``current_pos += max(grid_thw[1], grid_thw[2]) // spatial_merge_size``), which puts
-the question inside the video's time range once the video is longer than a few seconds.
+This is Qwen's reference ``get_rope_index`` (transformers 4.x, both families; vLLM:
+``st_idx = llm_pos_ids_list[-1].max() + 1``). transformers 5.x instead advances by
+``max(h, w)`` after a video, in both families (``current_pos += max(grid_thw[1],
+grid_thw[2]) // spatial_merge_size``), which puts the question inside the video's time
+range once the video is longer than a few seconds.
 
 Integer work only: the temporal offset is the floor of the exact product of the float
 ``second_per_grid_t`` and ``tokens_per_second`` (no float rounding), then int64 tensors.

@@ -84,6 +84,12 @@ class Qwen2_5_VLAdapter(ChatVideoAdapter):
         return Visual(torch.cat(out.pooler_output, dim=0).to(self.dtype))
 
     # ---- language model --------------------------------------------------------------------
+    def time_scale(self, clip: Clip) -> tuple[float, float]:
+        """``(second_per_grid_t, tokens_per_second)`` of the temporal M-RoPE ids: Qwen2.5-VL's
+        temporal patches are ``clip.seconds_per_unit`` apart, at the config's
+        ``tokens_per_second`` (method.md "Positions")."""
+        return clip.seconds_per_unit, self.tokens_per_second
+
     def sequence(self, prompt: Prompt, clip: Clip, grid: tuple[int, int]) -> Sequence:
         """``[prefix][units x rows x cols video tokens][suffix]`` with M-RoPE ids ``[3, L]``
         by the trained rule (:func:`.mrope.qwen2_vl_positions`: the suffix starts at the
@@ -94,7 +100,7 @@ class Qwen2_5_VLAdapter(ChatVideoAdapter):
         n = len(clip.units) * tpu
         ids = torch.tensor(prompt.prefix + [self.video_token_id] * n + prompt.suffix)
         pos, nxt = qwen2_vl_positions(P, len(clip.units), rows, cols, len(prompt.suffix),
-                                      clip.seconds_per_unit, self.tokens_per_second)
+                                      *self.time_scale(clip))
         units = torch.full_like(ids, -1)
         units[P:P + n] = torch.tensor(clip.units).repeat_interleave(tpu)
         key = torch.full_like(ids, -1)

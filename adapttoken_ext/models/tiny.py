@@ -129,6 +129,39 @@ def _qwen2_5_vl(out: Path, seed: int) -> Path:
         "temporal_patch_size": 2, "merge_size": 2}, "Qwen2.5-VL")
 
 
+def _qwen2_vl(out: Path, seed: int) -> Path:
+    """Qwen2-VL: Qwen2.5-VL's tokenizer, template and text model; its own vision tower
+    (LayerNorm, fc1/fc2 MLP, full attention in every block, ``embed_dim`` and ``hidden_size``
+    = the LLM width); no ``tokens_per_second`` (temporal ids are the patch index)."""
+    import torch
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    tok = build_tokenizer(out, SPECIAL_TOKENS, CHAT_TEMPLATE, "<|im_end|>", "<|endoftext|>")
+    ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    config = Qwen2VLConfig(
+        text_config=dict(
+            vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1 << 20,
+            rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]},
+            tie_word_embeddings=False, bos_token_id=ids["<|endoftext|>"],
+            eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"]),
+        vision_config=dict(
+            depth=2, embed_dim=32, hidden_size=64, mlp_ratio=2, num_heads=2, patch_size=14,
+            spatial_merge_size=2, temporal_patch_size=2, in_channels=3),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
+    )
+    torch.manual_seed(seed)
+    model = Qwen2VLForConditionalGeneration(config).eval()
+    widen_init(model)
+    return _save(model, out, {
+        "image_mean": [0.48145466, 0.4578275, 0.40821073],
+        "image_std": [0.26862954, 0.26130258, 0.27577711],
+        "min_pixels": 56 * 56, "max_pixels": 112 * 224, "patch_size": 14,
+        "temporal_patch_size": 2, "merge_size": 2}, "Qwen2-VL")
+
+
 # Qwen3-VL / Qwen3.5 chat templates (hub: Qwen/Qwen3-VL-8B-Instruct, Qwen/Qwen3.5-9B),
 # condensed: the tool-calling and earlier-turn reasoning branches are left out.
 _QWEN3_CONTENT = (
@@ -419,6 +452,7 @@ def _gemma4(out: Path, seed: int) -> Path:
 # HF model_type -> builder(out_dir, seed) writing a loadable checkpoint into out_dir
 FAMILIES = {
     "qwen2_5_vl": _qwen2_5_vl,
+    "qwen2_vl": _qwen2_vl,
     "qwen3_vl": lambda out, seed: _qwen3(out, seed, "qwen3_vl"),
     "qwen3_5": lambda out, seed: _qwen3(out, seed, "qwen3_5"),
     "qwen3_vl_moe": lambda out, seed: _qwen3(out, seed, "qwen3_vl_moe"),
