@@ -196,7 +196,7 @@ def _load_record(path: str) -> dict | None:
 def _write_atomic(path: str, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file in its folder; nothing is left
     behind when it fails."""
-    tmp = f"{path}.partial"
+    tmp = f"{path}.{os.getpid()}.partial"  # several ranks may write the same record
     try:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
@@ -364,7 +364,9 @@ def run(at, input_path: str, output: str, progress: bool = True, rank: int = 0, 
     own = output if world == 1 else f"{output}.rank{rank}"
     if restart:
         _discard(output, own, rank, world)
-    if rank == 0 and _load_record(_record_path(output)) != record:
+    # Every rank writes the record (the same one: all run one command) before its first
+    # journal line, so a slower rank 0's check never finds rank journals without a record.
+    if _load_record(_record_path(output)) != record:
         _write_atomic(_record_path(output), json.dumps(record, indent=1))
     done, died = ({}, collections.Counter()) if restart else _state(output, own)
     todo = [q for q in _shard(questions, rank, world) if _key(q.id) not in done]

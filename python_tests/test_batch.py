@@ -229,6 +229,19 @@ def test_rerun_with_other_settings_is_refused_or_restarted(at, folder):
         lite.close()
 
 
+def test_a_rank_that_journals_before_rank_0_starts_is_not_refused(at, folder):
+    """Ranks start at different times: rank 1 may journal answers before rank 0 has even
+    checked the output. Rank 0 must then find a run record beside those journals (each rank
+    writes it before its first line), not refuse them as someone else's file."""
+    rows = [GOOD[0], GOOD[1]]  # two videos: one per rank
+    _write(folder / "ranks_in.jsonl", rows)
+    inp, out = str(folder / "ranks_in.jsonl"), str(folder / "ranks.jsonl")
+    assert batch.run(at, inp, out, progress=False, rank=1, world=2, gather=lambda s: ["ok", "ok"]) == 0
+    assert os.path.getsize(out + ".rank1") > 0
+    assert batch.run(at, inp, out, progress=False, rank=0, world=2, gather=lambda s: ["ok", "ok"]) == 0
+    assert _strip(_load(out)) == _expected(at, folder, rows)
+
+
 def test_cli_refuses_a_rerun_before_loading_the_model(folder, capsys, monkeypatch):
     from adapttoken_ext import cli
     _write(folder / "two_cli.jsonl", TWO)
