@@ -262,9 +262,9 @@ class ChatVideoAdapter:
         # M-RoPE ids [3, L] become [3, batch, L]; 1-D ids [1, L] are already [batch, L]
         pos = positions[:, None] if self.POSITION_ROWS > 1 else positions
         out = self.model(inputs_embeds=emb[None], position_ids=pos.to(dev), attention_mask=mask,
-                         past_key_values=past, use_cache=use_cache, logits_to_keep=1,
+                         cache=past, use_cache=use_cache, logits_to_keep=1,
                          **flash_kwargs(self.model, emb.shape[0], seen + emb.shape[0], dev))
-        return out.logits[0, -1], out.past_key_values
+        return out.logits[0, -1], out.cache
 
     def reference_attention(self, layer: int):
         """The self-attention module of decoder layer ``layer``.

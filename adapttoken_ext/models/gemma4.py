@@ -164,8 +164,8 @@ class Gemma4Adapter(Rope1DAdapter):
         out = self.model(input_ids=ids[None].to(dev), position_ids=positions.to(dev),
                          attention_mask=torch.ones(1, seen + ids.numel(), dtype=torch.long, device=dev),
                          mm_token_type_ids=None if types is None else types[None].to(dev),
-                         past_key_values=past, use_cache=use_cache, logits_to_keep=1, mm_encoder_outputs=mm)
-        return out.logits[0, -1], out.past_key_values
+                         cache=past, use_cache=use_cache, logits_to_keep=1, mm_encoder_outputs=mm)
+        return out.logits[0, -1], out.cache
 
     # ---- reference layer (method.md step 3) ------------------------------------------------
     @property

@@ -116,6 +116,6 @@ class Qwen3VLAdapter(Qwen2_5_VLAdapter):
         dev = self.input_device
         seen = past.get_seq_length() if past is not None else 0
         out = self.model(input_ids=ids[None].to(dev), position_ids=positions[:, None].to(dev),
-                         past_key_values=past, use_cache=use_cache, logits_to_keep=1,
+                         cache=past, use_cache=use_cache, logits_to_keep=1,
                          mm_encoder_outputs=mm, **flash_kwargs(self.model, len(ids), seen + len(ids), dev))
-        return out.logits[0, -1], out.past_key_values
+        return out.logits[0, -1], out.cache
