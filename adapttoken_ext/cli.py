@@ -259,6 +259,10 @@ _WHY = {  # the baselines' selection rule in one sentence (README "Baselines")
 }
 
 
+_NAMES = {"adapttoken": "AdaptToken", "uniform": "Uniform", "flexselect": "FlexSelect",
+          "entropyselect": "EntropySelect", "random": "Random"}
+
+
 def why_lines(result, reference_layer: int, threshold) -> list[str]:
     """Why these tokens and this many (printed by ``answer`` and ``demo``): the budget's
     cap (step 5), the entropy-led allocation (steps 4-6) and step 7's drops."""
@@ -324,10 +328,11 @@ def _figure(result, title: str = ""):
         ax1.axvline(result.stopped_after_group + 0.5, color="k", ls="--", lw=1)
     ax1.set_title(title or ("AdaptToken: group entropy, budget and selected tokens (lower entropy, "
                             "larger budget)" if result.method == "adapttoken" else
-                            f"{result.method}: budget and selected tokens per group"))
+                            f"{_NAMES[result.method]}: budget and selected tokens per group"
+                            + ("" if adapt else " (question-agnostic: no entropy)")))
     t = result.selected_tokens
     rows, cols = result.grid if result.grid[1] else (1, 1)
-    name = "attention" if adapt else result.method
+    name = "attention" if adapt else _NAMES[result.method]
     sc = ax3.scatter([x["time_s"] for x in t], [x["h"] * cols + x["w"] for x in t],
                      c=[x["score"] for x in t], s=6, cmap="viridis")
     fig.colorbar(sc, ax=ax3, label=f"{name} score")
