@@ -95,6 +95,7 @@ def test_flexselect_gives_equal_capped_group_budgets(tiny_dir, bikes):
         assert [g.budget for g in flex.groups] == want  # B/G, largest remainder, cap re-spread
         assert [g.selected for g in flex.groups] == want and len(flex.selected_tokens) == budget
         assert all(g.entropy is not None for g in flex.groups)  # the group passes still run
+        assert flex.reencodes == 0  # the candidates held were bounded by the equal shares
         ada = _pipeline(tiny_dir, budget=budget, **cfg).answer(bikes, QUESTION, OPTIONS, progress=False)
         assert [g.entropy for g in ada.groups] == pytest.approx([g.entropy for g in flex.groups])
     assert [g.budget for g in ada.groups] != want  # the random model's entropies differ: AdaptToken weighs them
