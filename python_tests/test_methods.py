@@ -11,12 +11,29 @@ from fractions import Fraction
 import pytest
 import torch
 from test_pipeline import (DUP, OPTIONS, QUESTION, Spy, _decode_all, _hf_inputs, _hf_positions, _pipeline,
-                           bikes, dup_video, tiny_dir)  # noqa: F401 (fixtures)
+                           make_dup_video)
 
 from adapttoken_ext import cli
+from adapttoken_ext.models.tiny import build_tiny_model
+from adapttoken_ext.video import sample_video
 
-SMALL = dict(frames=64, max_pixels=112 * 224, units_per_group=8)  # bikes: 32 units of 3 x 8 tokens
+SMALL = {"frames": 64, "max_pixels": 112 * 224, "units_per_group": 8}  # bikes: 32 units of 3 x 8 tokens
 TPU = 24
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return build_tiny_model(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="module")
+def bikes():
+    return str(sample_video("bikes.mp4"))
+
+
+@pytest.fixture(scope="module")
+def dup_video(tmp_path_factory, bikes):
+    return make_dup_video(tmp_path_factory.mktemp("dup"), bikes)
 
 
 class EncodeSpy:
@@ -171,3 +188,17 @@ def test_cli_method_uniform_writes_the_json(tiny_dir, bikes, tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.main(["answer", "--video", bikes, "--question", "q", "--method", "nonesuch"])
     assert "--method" in capsys.readouterr().err
+
+
+def test_flexselect_ignores_very_different_entropies(tiny_dir, bikes, monkeypatch):
+    """Group entropies forced far apart (0.01 to ln 4): AdaptToken's budgets follow them,
+    FlexSelect's stay B/G, and its candidates were held for those equal shares (no re-encode)."""
+    from adapttoken_ext import stages
+    forced = iter([0.01, 1.38, 0.7, 1.2] * 2)
+    monkeypatch.setattr(stages, "answer_entropy", lambda logits, ids: torch.tensor(next(forced)))
+    cfg = dict(SMALL, budget=90, redundancy_threshold=None, temperature=0.1)
+    flex = _pipeline(tiny_dir, **cfg).answer(bikes, QUESTION, OPTIONS, progress=False, method="flexselect")
+    ada = _pipeline(tiny_dir, **cfg).answer(bikes, QUESTION, OPTIONS, progress=False)
+    assert [g.entropy for g in flex.groups] == pytest.approx([0.01, 1.38, 0.7, 1.2])
+    assert [g.budget for g in flex.groups] == [23, 23, 22, 22] and flex.reencodes == 0
+    assert ada.groups[0].budget > 60  # the confident group takes most of AdaptToken's budget
