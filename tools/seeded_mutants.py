@@ -190,8 +190,6 @@ MUTANTS = {
                               "keys = (u[:, None] * tpu + torch.arange(tpu - 1))", "methods"),
     "flexselect_uses_entropies": ("adapttoken_ext/stages.py", "return h if entropy_weighted else torch.zeros_like(h)",
                                   "return h", "methods"),
-    "flexselect_bound_uses_entropy": ("adapttoken_ext/stages.py", "res.max_entropy if entropy_weighted else 0.0",
-                                      "res.max_entropy", "methods"),
     "random_unseeded": ("adapttoken_ext/methods/random.py", "gen = torch.Generator().manual_seed(ctx.cfg.seed)",
                         "gen = None", "methods"),
     "random_seed_ignored": ("adapttoken_ext/methods/random.py", "manual_seed(ctx.cfg.seed)", "manual_seed(0)",
