@@ -202,3 +202,13 @@ def test_flexselect_ignores_very_different_entropies(tiny_dir, bikes, monkeypatc
     assert [g.entropy for g in flex.groups] == pytest.approx([0.01, 1.38, 0.7, 1.2])
     assert [g.budget for g in flex.groups] == [23, 23, 22, 22] and flex.reencodes == 0
     assert ada.groups[0].budget > 60  # the confident group takes most of AdaptToken's budget
+
+
+def test_lmms_eval_model_args_take_a_method(tiny_dir):
+    pytest.importorskip("lmms_eval")
+    from adapttoken_ext.integrations.lmms_eval import AdaptTokenLMMS
+    with pytest.raises(ValueError, match="method"):
+        AdaptTokenLMMS(pretrained=str(tiny_dir), method="nonesuch")
+    with pytest.raises(ValueError, match="method"):
+        AdaptTokenLMMS(pretrained=str(tiny_dir), method="uniform", lite=True)
+    assert AdaptTokenLMMS(pretrained=str(tiny_dir), method="random", seed=3).method == "random"
