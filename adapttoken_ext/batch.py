@@ -110,12 +110,13 @@ def _sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def run_record(model: str, config, input_path: str, adapter=None) -> dict:
-    """What produces a batch's answers: ``model`` (the checkpoint's name or path), every
+def run_record(model: str, config, input_path: str, adapter=None, method: str = "adapttoken") -> dict:
+    """What produces a batch's answers: ``model`` (the checkpoint's name or path), the
+    selection ``method`` (README "Baselines"), every
     :class:`AdaptTokenConfig` field but the cache sizes (they change speed, not answers),
     the input file's SHA-256 and, given the loaded ``adapter``, the weights' dtype and the
     attention backend. The input's path is kept for the reader and not compared."""
-    rec = {"model": model,
+    rec = {"model": model, "method": method,
            "settings": {k: v for k, v in config.to_dict().items() if k not in _PERFORMANCE_ONLY},
            "input_sha256": _sha256(input_path), "input": os.path.abspath(input_path)}
     if adapter is not None:
@@ -297,11 +298,11 @@ def _error_text(e: Exception) -> str:
     return f"{type(e).__name__}: {first}"
 
 
-def _answer(at, q: Question) -> dict:
+def _answer(at, q: Question, method: str = "adapttoken") -> dict:
     """One question's record: the answer, or an error for anything it raised."""
     import torch
     try:
-        return {"id": q.id, **at.answer_many(q.video, [(q.question, q.options)], progress=False)[0].to_dict()}
+        return {"id": q.id, **at.answer_many(q.video, [(q.question, q.options)], progress=False, method=method)[0].to_dict()}
     except Exception as e:  # noqa: BLE001 - one question's failure must not end the run
         oom, rec = isinstance(e, torch.cuda.OutOfMemoryError), {"id": q.id, "line": q.line,
                                                                    "error": _error_text(e)}
@@ -339,7 +340,7 @@ class Rendezvous:
 
 
 def run(at, input_path: str, output: str, progress: bool = True, rank: int = 0, world: int = 1,
-        gather=None, restart: bool = False) -> int:
+        gather=None, restart: bool = False, method: str = "adapttoken") -> int:
     """Answer every question of ``input_path`` into ``output`` (see the module docstring).
 
     Args:
@@ -347,6 +348,7 @@ def run(at, input_path: str, output: str, progress: bool = True, rank: int = 0, 
         rank, world: this process's rank and the number of processes.
         gather: with ``world`` > 1, a :class:`Rendezvous` (called once, with ``"ok"``).
         restart: discard answers already in ``output`` (and its journals) and start over.
+        method: the selection method of every answer (:meth:`AdaptToken.answer`).
 
     Returns:
         0 when every line has an answer, 1 when some line has an error (listed on stderr)
@@ -358,7 +360,9 @@ def run(at, input_path: str, output: str, progress: bool = True, rank: int = 0, 
         RuntimeError: a rank did not finish within the rendezvous' timeout.
     """
     check(input_path, output)  # the paths, before hashing the input
-    record = run_record(at.name, at.config, input_path, at.adapter)
+    from . import methods
+    methods.get(method).check(at.config)
+    record = run_record(at.name, at.config, input_path, at.adapter, method)
     check(input_path, output, record, restart)
     questions = read_questions(input_path)
     own = output if world == 1 else f"{output}.rank{rank}"
@@ -372,8 +376,8 @@ def run(at, input_path: str, output: str, progress: bool = True, rank: int = 0, 
     todo = [q for q in _shard(questions, rank, world) if _key(q.id) not in done]
     print(f"adapttoken batch: rank {rank}/{world}: {len(questions)} lines, {len(done)} already "
           f"answered, {len(todo)} to answer here", file=sys.stderr)
-    from .stages import _progress
-    bar = _progress(todo, progress, desc=f"rank {rank}" if world > 1 else "questions",
+    from .stages import progress_bar
+    bar = progress_bar(todo, progress, desc=f"rank {rank}" if world > 1 else "questions",
                     unit="q", position=rank)
     with open(own, "a", encoding="utf-8") as journal:
         def put(rec):
@@ -388,7 +392,7 @@ def run(at, input_path: str, output: str, progress: bool = True, rank: int = 0, 
                     "of host memory?); not retried: --restart tries again")})
                 continue
             put({"id": q.id, "started": True})  # a run that dies now leaves this mark
-            put(_answer(at, q))
+            put(_answer(at, q, method))
     failed = {}
     if world > 1:
         failed = {r: s for r, s in enumerate(gather("ok")) if s != "ok"}

@@ -44,6 +44,7 @@ _DEMO_SETTINGS = dict(frames=128, max_pixels=112 * 224, units_per_group=8, budge
 
 def _parser() -> argparse.ArgumentParser:
     from .config import AdaptTokenConfig
+    from .methods import METHODS
     from .models import ADAPTERS
     from .models.tiny import FAMILIES
     p = argparse.ArgumentParser(prog="adapttoken", formatter_class=_HelpFormatter, description=(
@@ -83,15 +84,16 @@ def _parser() -> argparse.ArgumentParser:
                         "backend: sdpa, flash_attention_2, eager, ...; without it flash_attention_2 "
                         "on CUDA when installed, else sdpa")
         sp.add_argument("--quiet", action="store_true", help="no progress bar")
+        sp.add_argument("--method", default="adapttoken", choices=METHODS,
+                        help="token selection at the same --budget (README 'Baselines'): adapttoken "
+                        "(method.md), uniform (whole units evenly spaced), flexselect (equal group "
+                        "budgets), entropyselect (question-agnostic), random (seeded by --seed)")
+        sp.add_argument("--seed", type=int, default=defaults.seed, help="seed of --method random")
 
     def outputs(sp):
         sp.add_argument("--json", metavar="OUT", help="write the result as JSON to this file")
         sp.add_argument("--plot", metavar="OUT.png", help="plot the groups' entropy, budget and "
                         "selected tokens, and a timeline of the selected tokens, to this image")
-        sp.add_argument("--method", default="adapttoken", choices=["adapttoken", "entropyselect"],
-                        help="adapttoken (method.md), or entropyselect: EntropySelect alone, "
-                        "question-agnostic selection from the vision tokens, then the final pass")
-
     full, demo = AdaptTokenConfig(), AdaptTokenConfig(**_DEMO_SETTINGS)
     a = sub.add_parser("answer", formatter_class=_HelpFormatter, help="answer a question about a video",
                        description="Answer a question about a video. Defaults are method.md's "
@@ -136,13 +138,14 @@ def _batch(args) -> int:
 
     import torch
 
-    from . import batch
+    from . import batch, methods
     from .models.tiny import tiny_model_id
     from .pipeline import AdaptToken
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, gather, device = int(os.environ.get("RANK", "0")), None, args.device
     try:
         config = _config(args).validate()
+        methods.get(args.method).check(config)
         from .video import check_decoder
         check_decoder(config.decoder)
         if not args.barrier_timeout > 0:
@@ -150,7 +153,7 @@ def _batch(args) -> int:
         # before loading the model: the paths, and the answers already there
         batch.check(args.input, args.output)
         batch.check(args.input, args.output, None if args.restart else batch.run_record(
-            args.model or tiny_model_id(args.family), config, args.input), args.restart)
+            args.model or tiny_model_id(args.family), config, args.input, method=args.method), args.restart)
         if world > 1:
             import torch.distributed as dist
             # only a rendezvous crosses ranks: gloo works on CPU and GPU hosts alike
@@ -166,7 +169,7 @@ def _batch(args) -> int:
         if at.tiny and rank == 0:
             print(TINY_WARNING.format(family=args.family), file=sys.stderr)
         return batch.run(at, args.input, args.output, progress=not args.quiet, rank=rank,
-                         world=world, gather=gather, restart=args.restart)
+                         world=world, gather=gather, restart=args.restart, method=args.method)
     except Exception as e:
         expected = isinstance(e, (ValueError, OSError, ImportError, RuntimeError))
         text = str(e) if expected else f"{type(e).__name__}: {e}"
@@ -188,7 +191,7 @@ def _config(args):
     from .config import AdaptTokenConfig
     return AdaptTokenConfig(frames=args.frames, budget=args.budget, units_per_group=args.units_per_group,
                             max_pixels=args.max_pixels, scorer=args.scorer, decoder=args.decoder,
-                            lite=args.lite)
+                            lite=args.lite, seed=args.seed)
 
 
 def _check_output(flag: str, path: str | None) -> None:
@@ -243,6 +246,23 @@ def format_table(result, layout: str = "contiguous", unit: int = 1) -> str:
     return "\n".join(lines)
 
 
+_WHY = {  # the baselines' selection rule in one sentence (README "Baselines")
+    "entropyselect": "EntropySelect ignores the question: each unit got a budget share by its mean "
+                     "score (low local entropy of the vision tokens, Sobel edges), spread over its grid "
+                     "cells, then the best-scored tokens were kept.",
+    "uniform": "uniform keeps every token of floor(budget / tokens per unit) units evenly spaced in "
+               "time, ignoring the question (the plain model's baseline).",
+    "random": "random keeps budget tokens drawn uniformly from the whole video (seeded).",
+    "flexselect": "flexselect gives every group the same share of the budget (answer entropy "
+                  "ignored); inside each group the tokens with the highest question-to-video "
+                  "attention were kept.",
+}
+
+
+_NAMES = {"adapttoken": "AdaptToken", "uniform": "Uniform", "flexselect": "FlexSelect",
+          "entropyselect": "EntropySelect", "random": "Random"}
+
+
 def why_lines(result, reference_layer: int, threshold) -> list[str]:
     """Why these tokens and this many (printed by ``answer`` and ``demo``): the budget's
     cap (step 5), the entropy-led allocation (steps 4-6) and step 7's drops."""
@@ -251,17 +271,15 @@ def why_lines(result, reference_layer: int, threshold) -> list[str]:
     if result.budget_capped:
         out.append(f"why: --budget {result.budget} capped at {result.budget_used}: the visited "
                    f"groups hold only {total} visual tokens")
-    if result.method == "entropyselect":
-        out.append("why: EntropySelect ignores the question: each unit got a budget share by its mean "
-                   "score (low local entropy of the vision tokens, Sobel edges), spread over its grid "
-                   "cells, then the best-scored tokens were kept.")
-        return out
-    best = min(result.groups, key=lambda g: g.entropy)
-    out.append(f"why: group {best.index} had the lowest answer entropy ({best.entropy:.3f} nats), so it "
-               f"got the largest share of the budget ({best.budget} tokens); inside each group the "
-               f"tokens with the highest question-to-video attention at layer {reference_layer} were kept.")
+    if result.method in _WHY:
+        out.append("why: " + _WHY[result.method])
+    else:
+        best = min(result.groups, key=lambda g: g.entropy)
+        out.append(f"why: group {best.index} had the lowest answer entropy ({best.entropy:.3f} nats), so it "
+                   f"got the largest share of the budget ({best.budget} tokens); inside each group the "
+                   f"tokens with the highest question-to-video attention at layer {reference_layer} were kept.")
     dropped = sum(g.redundant for g in result.groups)
-    if dropped:
+    if dropped:  # step 7 (adapttoken, flexselect)
         short = [g.index for g in result.groups if g.ran_out]
         line = (f"why: step 7 dropped {dropped} tokens as redundant (cosine > {threshold} with the "
                 f"nearest earlier kept token at the same place) and refilled from the next-ranked ones")
@@ -290,7 +308,7 @@ def _figure(result, title: str = ""):
     from matplotlib.ticker import MaxNLocator
 
     g = [r.index for r in result.groups]
-    adapt = result.method == "adapttoken"
+    adapt = result.method in ("adapttoken", "flexselect")  # ranked by attention
     fig = Figure(figsize=(9, 6), constrained_layout=True)
     ax1, ax3 = fig.subplots(2, 1)
     ax1.bar([x - 0.2 for x in g], [r.budget for r in result.groups], width=0.4, color="tab:blue",
@@ -309,11 +327,12 @@ def _figure(result, title: str = ""):
     if result.stopped_after_group is not None:
         ax1.axvline(result.stopped_after_group + 0.5, color="k", ls="--", lw=1)
     ax1.set_title(title or ("AdaptToken: group entropy, budget and selected tokens (lower entropy, "
-                            "larger budget)" if adapt else "EntropySelect: budget and selected tokens "
-                            "per group (question-agnostic: no entropy)"))
+                            "larger budget)" if result.method == "adapttoken" else
+                            f"{_NAMES[result.method]}: budget and selected tokens per group"
+                            + ("" if adapt else " (question-agnostic: no entropy)")))
     t = result.selected_tokens
     rows, cols = result.grid if result.grid[1] else (1, 1)
-    name = "attention" if adapt else "EntropySelect"
+    name = "attention" if adapt else _NAMES[result.method]
     sc = ax3.scatter([x["time_s"] for x in t], [x["h"] * cols + x["w"] for x in t],
                      c=[x["score"] for x in t], s=6, cmap="viridis")
     fig.colorbar(sc, ax=ax3, label=f"{name} score")
@@ -346,11 +365,13 @@ def main(argv=None) -> int:
         hf_logging.disable_progress_bar()
     if args.command == "batch":
         return _batch(args)
+    from . import methods
     from .pipeline import AdaptToken
     from .video import check_decoder, sample_video
     demo = args.command == "demo"
     try:
         config = _config(args).validate()
+        methods.get(args.method).check(config)
         check_decoder(config.decoder)
         for flag, path in (("--json", args.json), ("--plot", args.plot)):
             _check_output(flag, path)
@@ -380,7 +401,7 @@ def main(argv=None) -> int:
           f"tokens from {n} group(s); {lite_line(result, config.lite)}")
     for line in why_lines(result, at.reference_layer, config.redundancy_threshold):
         print(line)
-    if result.method == "adapttoken":
+    if result.method in ("adapttoken", "flexselect"):  # ranked by attention
         top = sorted(result.selected_tokens, key=lambda x: -x["score"])[:5]
         print("top tokens (seconds, row, col, score): " +
               ", ".join(f"({x['time_s']:.2f}, {x['h']}, {x['w']}, {x['score']:.3f})" for x in top))

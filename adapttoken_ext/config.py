@@ -69,6 +69,8 @@ class AdaptTokenConfig:
     (random-weight models are never confident enough to stop on their own)."""
     max_new_tokens: int | None = None
     """Step 9: greedy decoding length; None: 16 with options, else 128."""
+    seed: int = 0
+    """``method="random"`` (README "Baselines"): seed of the token draw."""
     instruction: str | None = None
     """Text after the options; None: the standard multiple-choice instruction when options
     are given, nothing otherwise."""
@@ -99,7 +101,7 @@ class AdaptTokenConfig:
             raise ValueError(f"entropy_mode: must be 'auto', 'options' or 'vocab', got {self.entropy_mode!r}")
         if not self.temperature > 0:
             raise ValueError(f"temperature: must be > 0, got {self.temperature}")
-        for name in ("decode_cache_mb", "per_group_floor"):
+        for name in ("decode_cache_mb", "per_group_floor", "seed"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise ValueError(f"{name}: must be an integer >= 0, got {v!r}")

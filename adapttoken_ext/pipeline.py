@@ -1,7 +1,8 @@
 """AdaptToken and AdaptToken-Lite: answer a question about a long video (method.md steps 0-9).
 
-:meth:`AdaptToken.answer` composes the stages of ``adapttoken_ext.stages``: plan (steps
-0-1), group scan (steps 2-4, 8), allocation and selection (steps 5-7), final pass (step 9).
+:meth:`AdaptToken.answer` composes the plan (``adapttoken_ext.stages``, steps 0-1), a
+selection method looked up by name (``adapttoken_ext.methods``; AdaptToken's own: group scan,
+steps 2-4 and 8, allocation and selection, steps 5-7) and the shared final pass (step 9).
 Model specifics live in the adapter (``adapttoken_ext.models``), the selection maths in
 ``adapttoken_ext.selection``, the kernels in ``torch.ops.adapttoken``.
 """
@@ -15,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from . import stages
+from . import methods, stages
 from .config import AdaptTokenConfig
 from .stages import STAGES, GroupRecord, greedy_decode, parse_options
 from .video import VideoReader
@@ -30,7 +31,8 @@ class AdaptTokenResult:
     ``selected_tokens`` lists dicts ``{frame, time_s, h, w, score}``: the first video frame
     of the token's unit and its time, its row and column in the merged token grid, and its
     attention score (EntropySelect's fused score under ``scorer="local_entropy"`` or
-    ``method="entropyselect"``). ``method``: ``"adapttoken"`` or ``"entropyselect"``.
+    ``method="entropyselect"``; 0 under ``uniform`` and ``random``, which rank nothing).
+    ``method``: the selection method's name (:data:`adapttoken_ext.methods.METHODS`).
     ``timings_s`` has one entry per
     stage in :data:`STAGES` plus ``total``; ``peak_memory_bytes`` has ``host_rss`` and, on
     GPU, ``cuda``. ``candidate_rows_peak``: the most candidate embeddings held on the
@@ -151,25 +153,22 @@ class AdaptToken:
             question: non-empty text.
             options: optional ``["A. ...", "B. ...", ...]``; enables option-letter entropy.
             progress: show a tqdm bar over groups.
-            method: ``"adapttoken"``, or ``"entropyselect"``: EntropySelect alone (README
-                "EntropySelect"): the vision tower over every group, a global selection of
-                ``budget`` tokens without the question, then the final pass (step 9).
+            method: the token selection, one of :data:`adapttoken_ext.methods.METHODS`
+                (README "Baselines"): ``"adapttoken"`` (method.md steps 1-8), ``"uniform"``,
+                ``"flexselect"``, ``"entropyselect"`` or ``"random"``; all at ``budget``,
+                all answered by the same final pass (step 9).
 
         Raises:
             FileNotFoundError: ``video`` does not exist.
             ValueError: naming the argument: not a video, no frames, empty question, bad
-                options, or a bad config field; all raised before the first group pass.
+                options, an unknown ``method`` or a setting it does not take, or a bad
+                config field; all raised before the first group pass.
         """
-        if method not in ("adapttoken", "entropyselect"):
-            raise ValueError(f"method: must be 'adapttoken' or 'entropyselect', got {method!r}")
-        cfg = self.config
-        if method == "entropyselect" and (cfg.lite or cfg.force_stop_after is not None
-                                          or cfg.scorer != "attention"):
-            raise ValueError("method: 'entropyselect' has no group passes, so lite, "
-                             "force_stop_after and scorer do not apply; leave them at their defaults")
+        methods.get(method).check(self.config)
         return self._answer_all(video, [(question, options)], progress, None, method)[0]
 
-    def answer_many(self, video, questions, progress: bool = True) -> list[AdaptTokenResult]:
+    def answer_many(self, video, questions, progress: bool = True,
+                    method: str = "adapttoken") -> list[AdaptTokenResult]:
         """Answer several questions about one video, decoding and encoding each group once
         (method.md step 1 is question-independent; steps 2-9 run per question).
 
@@ -183,6 +182,8 @@ class AdaptToken:
             video: path of a video file.
             questions: a list of question strings or ``(question, options)`` pairs.
             progress: show a tqdm bar over groups.
+            method: as in :meth:`answer` (only ``adapttoken`` and ``flexselect`` use the
+                cached group encodings).
 
         Returns:
             one :class:`AdaptTokenResult` per question, in order.
@@ -196,8 +197,9 @@ class AdaptToken:
         items = [(q, None) if isinstance(q, str) else tuple(q) for q in questions]
         if any(len(i) != 2 for i in items):
             raise ValueError("questions: each item must be a question or a (question, options) pair")
+        methods.get(method).check(self.config)
         cache = self.visual_cache if self.config.scorer == "attention" else None
-        return self._answer_all(video, items, progress, cache)
+        return self._answer_all(video, items, progress, cache, method)
 
     def _answer_all(self, video, items, progress, cache, method="adapttoken") -> list[AdaptTokenResult]:
         cfg, ad = self.config, self.adapter
@@ -226,17 +228,12 @@ class AdaptToken:
             reader.plan(plan.unit_frames([u for g in todo for u in plan.groups[g]]), *plan.size)
         else:
             reader.plan(plan.frames, *plan.size)
-        if method == "entropyselect":
-            records, keys, scores, kept = stages.entropyselect(ad, reader, plan, cfg, timer, progress)
-            stopped, peak_rows, reencodes = None, sum(r.num_tokens for r in records), 0
-        else:
-            records, cands, stopped = stages.scan_groups(ad, self.capture, reader, plan, cfg, timer,
-                                                         progress, encode)
-            keys, scores, kept = self._select(plan, records, cands, reader, timer, encode)
-            peak_rows = cands[0].counter.peak
-            reencodes = sum(c.reencodes for c in cands)
-            del cands
-        out_ids = stages.final_pass(ad, plan, keys, kept, timer)
+        sel = methods.get(method).select(methods.Context(ad, self.capture, reader, plan, cfg, timer,
+                                                         progress, encode))
+        records, keys, scores = sel.records, sel.keys, sel.scores
+        out_ids = stages.final_pass(ad, plan, keys, sel.visual, timer)
+        sel_stopped, rows_peak, reencodes = sel.stopped, sel.rows_peak, sel.reencodes
+        del sel  # the kept embeddings
         timings = dict(timer.t)
         timings["total"] = time.perf_counter() - t_start
         mem = {"host_rss": _host_peak_rss()}
@@ -250,20 +247,9 @@ class AdaptToken:
         return AdaptTokenResult(
             answer=ad.decode(out_ids).strip(), model=self.name, frames=plan.frames,
             timestamps_s=plan.frame_times_s, groups=records,
-            budget=cfg.budget, selected_tokens=tokens, stopped_after_group=stopped,
+            budget=cfg.budget, selected_tokens=tokens, stopped_after_group=sel_stopped,
             timings_s=timings, peak_memory_bytes=mem, tiny_model=self.tiny,
-            candidate_rows_peak=peak_rows, reencodes=reencodes,
+            candidate_rows_peak=rows_peak, reencodes=reencodes,
             budget_used=sum(r.budget for r in records),
             budget_capped=cfg.budget > sum(r.num_tokens for r in records), method=method, grid=plan.grid,
             stop_threshold=plan.stop_threshold if cfg.lite else None)
-
-    def _select(self, plan, records, cands, reader, timer, encoder=None):
-        """Steps 5-7; a refill's re-encoding (through ``encoder`` when given) counts as
-        decode and vision time, not selection."""
-        def encode(g):
-            return encoder(g) if encoder else stages.encode_group(self.adapter, reader, plan, g, timer)
-        before = timer.t["decode"] + timer.t["vision_encoder"]
-        with timer("selection"):
-            out = stages.allocate_and_select(plan, self.config, records, cands, encode)
-        timer.t["selection"] -= timer.t["decode"] + timer.t["vision_encoder"] - before
-        return out

@@ -312,7 +312,7 @@ class GroupRecord:
 
 
 def scan_groups(adapter, capture, reader, plan: Plan, cfg: AdaptTokenConfig, timer: Timer,
-                progress: bool = False, encode=None):
+                progress: bool = False, encode=None, entropy_weighted: bool = True):
     """Visit the groups in order (method.md steps 2-4), stopping early under Lite (step 8).
     ``encode(g) -> GroupEncoding`` replaces :func:`encode_group` (e.g. a cache of encodings).
 
@@ -320,7 +320,8 @@ def scan_groups(adapter, capture, reader, plan: Plan, cfg: AdaptTokenConfig, tim
     the first ``headroom * bound_g`` ranks only, ``bound_g`` being the largest budget any
     completion of the run can still give the group (:func:`selection.budget_bound`), so the
     rows held stay within ``headroom * (B + V)`` for ``V`` visited groups, whatever the
-    frame count (``headroom`` 2 with redundancy removal, else 1).
+    frame count (``headroom`` 2 with redundancy removal, else 1). ``entropy_weighted``
+    False: the bounds of equal group weights (as :func:`allocate_and_select`'s).
 
     Returns:
         ``(records, candidates, stopped)``: a :class:`GroupRecord` and a
@@ -330,7 +331,7 @@ def scan_groups(adapter, capture, reader, plan: Plan, cfg: AdaptTokenConfig, tim
     pool, counter = [], selection.RowCounter()
     headroom = 2 if cfg.redundancy_threshold is not None else 1
     records, stopped = [], None
-    bar = _progress(range(len(plan.groups)), progress, desc="groups")
+    bar = progress_bar(range(len(plan.groups)), progress, desc="groups")
     local = cfg.entropy_select() if cfg.scorer != "attention" else None
     if encode is not None and local is not None:  # the cache holds no frames to score
         raise ValueError(f"scorer: {cfg.scorer!r} needs the frames; cached encodings serve 'attention' only")
@@ -348,8 +349,9 @@ def scan_groups(adapter, capture, reader, plan: Plan, cfg: AdaptTokenConfig, tim
         with timer("selection"):  # hold only embeddings some completion of the run can use
             final = stopped is not None or last
             bounds = selection.budget_bound(
-                torch.tensor([r.entropy for r in records]),
-                plan.capacity[: len(records)] if final else plan.capacity, cfg.budget, res.max_entropy,
+                _weights(records, entropy_weighted),
+                plan.capacity[: len(records)] if final else plan.capacity, cfg.budget,
+                res.max_entropy if entropy_weighted else 0.0,
                 cfg.temperature, cfg.per_group_floor, cfg.lite or cfg.force_stop_after is not None)
             for c, bound in zip(pool, bounds[:-1].tolist()):
                 c.trim(headroom * bound)
@@ -364,10 +366,18 @@ def scan_groups(adapter, capture, reader, plan: Plan, cfg: AdaptTokenConfig, tim
 
 # ---- allocation and selection (steps 5-7) --------------------------------------------------
 
+def _weights(records: list[GroupRecord], entropy_weighted: bool) -> torch.Tensor:
+    """Step 5's entropies: the groups' own, or all 0 (equal weights) when not ``entropy_weighted``."""
+    h = torch.tensor([r.entropy for r in records], dtype=torch.float64)
+    return h if entropy_weighted else torch.zeros_like(h)
+
+
 def allocate_and_select(plan: Plan, cfg: AdaptTokenConfig, records: list[GroupRecord],
                         candidates: list[selection.GroupCandidates],
-                        encode=None) -> tuple[torch.Tensor, torch.Tensor, Visual]:
-    """Budgets by entropy (step 5), per-group top-``B_g`` (step 6) and location-aware
+                        encode=None, entropy_weighted: bool = True
+                        ) -> tuple[torch.Tensor, torch.Tensor, Visual]:
+    """Budgets by entropy (step 5; ``entropy_weighted`` False: every group the same weight,
+    FlexSelect's rule), per-group top-``B_g`` (step 6) and location-aware
     redundancy removal with refill (step 7) over the visited groups
     (:func:`selection.select_tokens`).
 
@@ -381,7 +391,7 @@ def allocate_and_select(plan: Plan, cfg: AdaptTokenConfig, records: list[GroupRe
         side inputs) on the host.
     """
     V = len(records)
-    budgets = selection.allocate_budget(torch.tensor([r.entropy for r in records]),
+    budgets = selection.allocate_budget(_weights(records, entropy_weighted),
                                         plan.capacity[:V], cfg.budget, cfg.temperature,
                                         cfg.per_group_floor)
     encoded = torch.tensor(sorted(u for g in range(V) for u in plan.groups[g]))
@@ -401,46 +411,6 @@ def allocate_and_select(plan: Plan, cfg: AdaptTokenConfig, records: list[GroupRe
         r.budget, r.selected, r.redundant = b, k.numel(), c.redundant
         r.ran_out = k.numel() < b
     return keys[order], scores[order], visual.take(order)
-
-
-# ---- EntropySelect as a baseline (README "EntropySelect") ------------------------------------
-
-def entropyselect(adapter, reader, plan: Plan, cfg: AdaptTokenConfig, timer: Timer,
-                  progress: bool = False):
-    """EntropySelect alone: one vision-encoder pass per group (no language model), a global
-    selection of ``cfg.budget`` tokens over all units (per-unit budgets, grid quotas, one
-    sort), ready for :func:`final_pass`. Every token's embedding is held on the host until
-    the selection (``N x hidden``, in the model's dtype).
-
-    Returns:
-        ``(records, keys, scores, visual)``: a :class:`GroupRecord` per group (``entropy``
-        None; ``budget`` and ``selected``: its units' budgets and kept tokens), and the kept
-        tokens in ascending key order: int64 keys, float32 fused scores, their :class:`Visual`.
-    """
-    es, tpu = cfg.entropy_select(), plan.tokens_per_unit
-    scores = torch.empty(plan.num_units, *plan.grid)
-    parts, rows_of = [], []
-    for g in _progress(range(len(plan.groups)), progress, desc="groups"):
-        enc = encode_group(adapter, reader, plan, g, timer, es)
-        scores[enc.units] = enc.local.view(len(enc.units), *plan.grid)
-        parts.append(Visual(enc.visual.embeds.cpu(), {k: v.cpu() for k, v in enc.visual.side.items()}))
-        rows_of.append((torch.tensor(enc.units)[:, None] * tpu + torch.arange(tpu)).flatten())
-    with timer("selection"):
-        budgets = es.frame_budgets(scores)
-        keys = es.select(scores, budgets)
-        part = torch.empty(plan.num_units * tpu, dtype=torch.int64)  # key -> (group, row)
-        row = torch.empty_like(part)
-        for i, r in enumerate(rows_of):
-            part[r], row[r] = i, torch.arange(r.numel())
-        by_part = torch.argsort(part[keys], stable=True)  # no copy of all the held tokens
-        picked = Visual.cat([p.take(row[keys[by_part][part[keys[by_part]] == i]])
-                             for i, p in enumerate(parts)])
-        visual = picked.take(torch.argsort(by_part))
-    records = []
-    for g, units in enumerate(plan.groups):
-        b = int(budgets[units].sum())
-        records.append(GroupRecord(g, plan.unit_frames(units), len(units) * tpu, None, b, b))
-    return records, keys, scores.flatten()[keys], visual
 
 
 # ---- final pass (step 9) ------------------------------------------------------------------
@@ -474,7 +444,7 @@ def greedy_decode(adapter, logits, state, max_new_tokens: int) -> list[int]:
     return out
 
 
-def _progress(it, enabled, **kw):
+def progress_bar(it, enabled, **kw):
     if not enabled:
         return it
     from tqdm.auto import tqdm

@@ -70,7 +70,7 @@ def test_entropyselect_mode_matches_direct_selection(tiny_dir, bikes):
     assert all(g.entropy is None for g in res.groups)
     assert res.timings_s["group_prefill"] == 0 and res.timings_s["vision_encoder"] > 0
     with pytest.raises(ValueError, match="method"):
-        at.answer(bikes, QUESTION, method="flexselect")
+        at.answer(bikes, QUESTION, method="nonesuch")
 
 
 @pytest.mark.parametrize("scorer", ["local_entropy", "fused"])

@@ -83,15 +83,19 @@ def _write_video(path, frames, times_ms=None):
 DUP = dict(frames=64, max_pixels=112 * 224)  # every frame of dup_video: 32 units of 2 equal frames
 
 
-@pytest.fixture(scope="session")
-def dup_video(tmp_path_factory, bikes):
+def make_dup_video(folder, bikes):
     """32 distinct bikes frames at 84x168 (a size smart_resize keeps), each written twice, so
     every 2-frame unit is a still and transformers' image patchify is its reference."""
     with av.open(bikes) as c:
         src = [f.to_ndarray(format="rgb24", width=168, height=84)
                for i, f in enumerate(c.decode(video=0)) if i % 7 == 0][:32]
     frames = torch.from_numpy(np.stack(src)).repeat_interleave(2, dim=0)
-    return _write_video(tmp_path_factory.mktemp("dup") / "dup.mp4", frames)
+    return _write_video(folder / "dup.mp4", frames)
+
+
+@pytest.fixture(scope="session")
+def dup_video(tmp_path_factory, bikes):
+    return make_dup_video(tmp_path_factory.mktemp("dup"), bikes)
 
 
 def _decode_all(path):

@@ -189,6 +189,30 @@ MUTANTS = {
     "step7_budget_cap_not_reported": ("adapttoken_ext/pipeline.py",
                                 "budget_capped=cfg.budget > sum(r.num_tokens for r in records)",
                                 "budget_capped=False", "why"),
+    # the selection methods (README "Baselines"), on python_tests/test_methods.py
+    "uniform_one_unit_more": ("adapttoken_ext/methods/uniform.py", "n = min(ctx.cfg.budget // tpu, plan.num_units)",
+                              "n = min(ctx.cfg.budget // tpu + 1, plan.num_units)", "methods"),
+    "uniform_left_aligned": ("adapttoken_ext/methods/uniform.py", "(2 * i + 1) * num_units // (2 * n)",
+                             "i * num_units // n", "methods"),
+    "uniform_partial_units": ("adapttoken_ext/methods/uniform.py", "keys = (u[:, None] * tpu + torch.arange(tpu))",
+                              "keys = (u[:, None] * tpu + torch.arange(tpu - 1))", "methods"),
+    "flexselect_uses_entropies": ("adapttoken_ext/stages.py", "return h if entropy_weighted else torch.zeros_like(h)",
+                                  "return h", "methods"),
+    "random_unseeded": ("adapttoken_ext/methods/random.py", "gen = torch.Generator().manual_seed(ctx.cfg.seed)",
+                        "gen = None", "methods"),
+    "random_seed_ignored": ("adapttoken_ext/methods/random.py", "manual_seed(ctx.cfg.seed)", "manual_seed(0)",
+                            "methods"),
+    "random_draws_with_replacement": ("adapttoken_ext/methods/random.py",
+                                      "keys = torch.randperm(n, generator=gen)[: ctx.cfg.budget].sort().values",
+                                      "keys = torch.randint(n, (ctx.cfg.budget,), generator=gen).sort().values",
+                                      "methods"),
+    "encode_keys_wrong_rows": ("adapttoken_ext/methods/__init__.py", "rows = slot[mine // tpu] * tpu + mine % tpu",
+                               "rows = mine % (len(chunk) * tpu)", "methods"),
+    "encode_keys_every_unit": ("adapttoken_ext/methods/__init__.py", "units = torch.unique(keys // tpu).tolist()",
+                               "units = list(range(plan.num_units))", "methods"),
+    "method_check_skipped": ("adapttoken_ext/pipeline.py",
+                             "        methods.get(method).check(self.config)\n        return self._answer_all(",
+                             "        return self._answer_all(", "methods"),
 }
 
 TESTS = ["python_tests/test_sequence.py", "python_tests/test_positions.py", "python_tests/test_pipeline.py",
@@ -198,7 +222,8 @@ TESTS = ["python_tests/test_sequence.py", "python_tests/test_positions.py", "pyt
          "-k", "not 10k_frames and not demo_console"]
 # tests named by a mutant's fourth item
 SUITES = {"selection": ["python_tests/test_selection.py"],
-          "why": ["python_tests/test_pipeline.py", "-k", "why_fewer"]}
+          "why": ["python_tests/test_pipeline.py", "-k", "why_fewer"],
+          "methods": ["python_tests/test_methods.py"]}
 
 
 def run(name: str, file: str, old: str, new: str, tests=TESTS) -> bool:

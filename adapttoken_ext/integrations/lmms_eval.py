@@ -10,7 +10,8 @@ video file path directly, which is all AdaptToken takes; a chat model would get 
 through a message list to take apart.
 
 ``model_args``: ``pretrained`` (hub id or local path; default: the offline tiny model of
-``family``), ``family``, ``device_map`` (``auto``), ``dtype`` (``bfloat16``, ``float16``,
+``family``), ``family``, ``method`` (the token selection, README "Baselines": ``adapttoken``,
+``uniform``, ``flexselect``, ``entropyselect``, ``random``; default ``adapttoken``), ``device_map`` (``auto``), ``dtype`` (``bfloat16``, ``float16``,
 ``float32``, ``auto``), ``attn_implementation``, and any :class:`AdaptTokenConfig` field
 (``frames``, ``budget``, ``lite``, ``units_per_group``, ``max_pixels``, ...). An unknown
 key is a ValueError naming it. Under ``accelerate launch`` each rank takes
@@ -28,7 +29,7 @@ from ..config import AdaptTokenConfig
 
 __all__ = ["AdaptTokenLMMS", "split_prompt"]
 
-_LOAD = ("pretrained", "family", "device", "device_map", "dtype", "attn_implementation", "batch_size")
+_LOAD = ("pretrained", "family", "method", "device", "device_map", "dtype", "attn_implementation", "batch_size")
 _OPTION = re.compile(r"^\s*\(?[A-Z]\s*[.):]\s*\S")
 _VIDEO = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".flv", ".mpeg", ".mpg", ".ts")
 
@@ -53,12 +54,13 @@ class AdaptTokenLMMS(lmms):
     is_simple = True
 
     def __init__(self, pretrained: str | None = None, family: str = "qwen2_5_vl",
-                 device: str | None = None, device_map: str | None = None, dtype: str = "auto",
+                 method: str = "adapttoken", device: str | None = None, device_map: str | None = None, dtype: str = "auto",
                  attn_implementation: str | None = None, batch_size=1, **config) -> None:
         super().__init__()
         import torch
         from accelerate import PartialState
 
+        from .. import methods
         from ..pipeline import AdaptToken
         fields = {f.name for f in dataclasses.fields(AdaptTokenConfig)}
         unknown = sorted(set(config) - fields)
@@ -67,12 +69,15 @@ class AdaptTokenLMMS(lmms):
                              f"{', '.join(_LOAD + tuple(sorted(fields)))}")
         if dtype not in ("auto", "bfloat16", "float16", "float32"):
             raise ValueError(f"model_args: dtype must be auto, bfloat16, float16 or float32, got {dtype!r}")
+        config = AdaptTokenConfig(**config)
+        methods.get(method).check(config)
+        self.method = method
         state = PartialState()
         self._rank, self._world_size = state.process_index, state.num_processes
         if device_map is None and device is None:  # one device per rank (data parallel)
             device = f"cuda:{state.local_process_index}" if torch.cuda.is_available() else "cpu"
         self.pipeline = AdaptToken.from_pretrained(
-            pretrained, AdaptTokenConfig(**config), device=device or "cpu",
+            pretrained, config, device=device or "cpu",
             dtype=None if dtype == "auto" else getattr(torch, dtype), device_map=device_map,
             attn_implementation=attn_implementation, family=family)
 
@@ -102,7 +107,8 @@ class AdaptTokenLMMS(lmms):
         out = [None] * len(requests)
         bar = tqdm(total=len(requests), disable=self.rank != 0, desc="AdaptToken")
         for video, idx in by_video.items():
-            for i, res in zip(idx, self.pipeline.answer_many(video, [asked[j] for j in idx], progress=False)):
+            for i, res in zip(idx, self.pipeline.answer_many(video, [asked[j] for j in idx], progress=False,
+                                                                  method=self.method)):
                 out[i] = GenerationResult(res.answer, TokenCounts(input_tokens=len(res.selected_tokens)))
                 self.cache_hook.add_partial("generate_until", requests[i].args[:2], res.answer)
             bar.update(len(idx))
