@@ -98,27 +98,34 @@ def _save(model, out: Path, preprocessor: dict, name: str) -> Path:
     return out
 
 
-def _qwen2_5_vl(out: Path, seed: int) -> Path:
-    import torch
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-
-    tok = build_tokenizer(out, SPECIAL_TOKENS, CHAT_TEMPLATE, "<|im_end|>", "<|endoftext|>")
+def _qwen2_5_vl_config(tok, hidden: int, mrope_section: list[int], vision_hidden: int, window: int):
+    """A small Qwen2.5-VL config of the real layout (4 text layers, 4/2 heads, 2 vision
+    layers, the last with full attention), its special ids from ``tok``."""
+    from transformers import Qwen2_5_VLConfig
     ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    config = Qwen2_5_VLConfig(
+    return Qwen2_5_VLConfig(
         text_config=dict(
-            vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+            vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=4,
             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1 << 20,
-            rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]},
+            rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": mrope_section},
             tie_word_embeddings=False, bos_token_id=ids["<|endoftext|>"],
             eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"]),
         vision_config=dict(
-            depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
-            patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
-            fullatt_block_indexes=[1], tokens_per_second=2, in_channels=3),
+            depth=2, hidden_size=vision_hidden, intermediate_size=2 * vision_hidden, num_heads=2,
+            out_hidden_size=hidden, patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
+            window_size=window, fullatt_block_indexes=[1], tokens_per_second=2, in_channels=3),
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
         eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
     )
+
+
+def _qwen2_5_vl(out: Path, seed: int) -> Path:
+    import torch
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    tok = build_tokenizer(out, SPECIAL_TOKENS, CHAT_TEMPLATE, "<|im_end|>", "<|endoftext|>")
+    config = _qwen2_5_vl_config(tok, hidden=64, mrope_section=[2, 3, 3], vision_hidden=32, window=56)
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config).eval()
     widen_init(model)
@@ -546,7 +553,7 @@ def build_needle_model(out: Path, family: str = DEFAULT_FAMILY, weights: Path | 
             when they do not fit the architecture.
     """
     import torch
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers import Qwen2_5_VLForConditionalGeneration
 
     from ..config import MC_INSTRUCTION
     from ..niah import KINDS
@@ -559,23 +566,8 @@ def build_needle_model(out: Path, family: str = DEFAULT_FAMILY, weights: Path | 
                        + [k.question + "\n" + "\n".join(k.options) for k in KINDS.values()])
     tok = build_tokenizer(out, SPECIAL_TOKENS, CHAT_TEMPLATE, "<|im_end|>", "<|endoftext|>",
                           corpus=corpus, vocab_size=1000)
-    ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    config = Qwen2_5_VLConfig(
-        text_config=dict(
-            vocab_size=len(tok), hidden_size=128, intermediate_size=256, num_hidden_layers=4,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1 << 20,
-            # head_dim 32: 16 rotary frequencies split (T, H, W) as Qwen2.5-VL's [16, 24, 24] of 64
-            rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [4, 6, 6]},
-            tie_word_embeddings=False, bos_token_id=ids["<|endoftext|>"],
-            eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"]),
-        vision_config=dict(
-            depth=2, hidden_size=64, intermediate_size=128, num_heads=2, out_hidden_size=128,
-            patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
-            fullatt_block_indexes=[1], tokens_per_second=2, in_channels=3),
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-        eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
-    )
+    # head_dim 32: 16 rotary frequencies split (T, H, W) as Qwen2.5-VL's [16, 24, 24] of 64
+    config = _qwen2_5_vl_config(tok, hidden=128, mrope_section=[4, 6, 6], vision_hidden=64, window=112)
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config)
     if weights is not None:
