@@ -129,6 +129,16 @@ class Examples:
         cls = rng.randrange(4) if rng.random() < self.args.p_needle else None
         return self.make(rng, units, kind, cls, rng.choice(("group", "final")))
 
+    def contrast(self, rng, max_units: int):
+        """Five examples on one clip: no needle, then each class of one kind in the same
+        unit (the same frames, positions and, up to the needle unit's, kept tokens), so that
+        the needle is the only difference between them."""
+        units = rng.randint(1, max_units)
+        kind = rng.choice(sorted(KINDS))
+        mode = rng.choice(("group", "final"))
+        seed = rng.randrange(2 ** 31)
+        return [self.make(random.Random(seed), units, kind, cls, mode) for cls in (None, 0, 1, 2, 3)]
+
 
 def forward(model, batch):
     """Logits ``[B, vocab]`` at each example's last position: one vision pass over the
@@ -195,9 +205,9 @@ def main(argv=None):
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--minutes", type=float, default=40.0, help="wall-clock cap")
-    p.add_argument("--steps", type=int, default=100000)
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--steps", type=int, default=6000, help="steps (the cosine schedule ends here)")
+    p.add_argument("--batch", type=int, default=15, help="examples per step (with --contrast, a multiple of 5)")
+    p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--max-units", type=int, default=16)
     p.add_argument("--hold-loss", type=float, default=0.45,
                    help="clips stay one unit long until the loss's moving average is below this "
@@ -209,6 +219,10 @@ def main(argv=None):
     p.add_argument("--max-video-units", type=int, default=2000)
     p.add_argument("--save-every", type=float, default=180.0, help="seconds")
     p.add_argument("--eval-every", type=int, default=200)
+    p.add_argument("--schedule", choices=("constant", "cosine"), default="cosine")
+    p.add_argument("--lr-min", type=float, default=1e-4, help="cosine's end, at --steps")
+    p.add_argument("--contrast", action=argparse.BooleanOptionalAction, default=True,
+                   help="batches of five-example groups (no needle and every class of one kind on one clip)")
     p.add_argument("--init", default=None, help="start from these weights (safetensors)")
     args = p.parse_args(argv)
 
@@ -246,9 +260,14 @@ def train(model, opt, ex, forms, rng, args, log) -> int:
         grown = 0 if ramp_from is None else step - ramp_from
         max_units = min(args.max_units, 1 + (args.max_units - 1) * grown // max(1, args.ramp))
         lr = args.lr * min(1.0, step / 50)
+        if args.schedule == "cosine":  # to --lr-min at --steps
+            lr = args.lr_min + (lr - args.lr_min) * 0.5 * (1 + math.cos(math.pi * min(1.0, step / args.steps)))
         for g in opt.param_groups:
             g["lr"] = lr
-        batch = [ex.sample(rng, max_units) for _ in range(args.batch)]
+        if args.contrast:
+            batch = [b for _ in range(args.batch // 5) for b in ex.contrast(rng, max_units)]
+        else:
+            batch = [ex.sample(rng, max_units) for _ in range(args.batch)]
         logits = forward(model, batch)
         target = torch.stack([b[6] for b in batch])
         loss = -(target * logits.log_softmax(-1)).sum(-1).mean()
