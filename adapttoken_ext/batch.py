@@ -226,7 +226,7 @@ def _read_journal(path: str, repair: bool) -> list[dict]:
             break
         good += len(raw)
     if repair and good < len(data):
-        print(f"adapttoken batch: {path}: dropping a torn last line; its question is redone",
+        print(f"adapttoken: {path}: dropping a torn last line; what it held is redone",
               file=sys.stderr)
         with open(path, "r+b") as f:
             f.truncate(good)

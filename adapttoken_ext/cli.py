@@ -47,32 +47,19 @@ def _parser() -> argparse.ArgumentParser:
     from .methods import METHODS
     from .models import ADAPTERS
     from .models.tiny import FAMILIES
+    from .niah import KINDS, NEEDLE_MAX_PIXELS
+    from .niah_bench import NIAH_METHODS
     p = argparse.ArgumentParser(prog="adapttoken", formatter_class=_HelpFormatter, description=(
         "AdaptToken: entropy-guided visual-token selection for long-video question answering."))
     sub = p.add_subparsers(dest="command", required=True)
 
-    def common(sp, defaults):
+    def model_args(sp):
         sp.add_argument("--model", default=None, help="hub id or local path of a supported "
-                        f"checkpoint (model_type {', '.join(ADAPTERS)}); without it, the offline "
-                        "tiny model of --family with random weights")
+                        f"checkpoint (model_type {', '.join(ADAPTERS)}), or 'needle' (the trained "
+                        "needle checkpoint, README 'Needle in a haystack'); without it, the "
+                        "offline tiny model of --family with random weights")
         sp.add_argument("--family", default="qwen2_5_vl", choices=sorted(FAMILIES),
                         help="model_type of the offline tiny model used without --model")
-        sp.add_argument("--frames", type=int, default=defaults.frames,
-                        help="frames sampled uniformly over the video (method.md step 0)")
-        sp.add_argument("--budget", type=int, default=defaults.budget,
-                        help="visual tokens kept for the final pass (step 5)")
-        sp.add_argument("--units-per-group", type=int, default=defaults.units_per_group,
-                        help="temporal units per group (step 1)")
-        sp.add_argument("--max-pixels", type=int, default=defaults.max_pixels,
-                        help="pixels per frame after resizing (step 0)")
-        sp.add_argument("--lite", action="store_true", help="AdaptToken-Lite: stop visiting "
-                        "groups once one's answer entropy is below tau (step 8)")
-        sp.add_argument("--scorer", default=defaults.scorer, choices=["attention", "local_entropy", "fused"],
-                        help="AdaptToken's within-group ranking (README 'EntropySelect')")
-        sp.add_argument("--decoder", default=defaults.decoder, choices=["pyav", "torchcodec"],
-                        help="video decoder: pyav (FFmpeg bundled; honours rotation and variable "
-                        "frame rates), or torchcodec (needs torchcodec and FFmpeg's libraries; "
-                        "ignores rotation and variable frame rates)")
         sp.add_argument("--device", default="cpu", help="device of the whole model, e.g. cpu, "
                         "cuda, cuda:1 (ignored with --device-map)")
         sp.add_argument("--device-map", default=None, metavar="MAP", help='split the model across '
@@ -84,11 +71,38 @@ def _parser() -> argparse.ArgumentParser:
                         "backend: sdpa, flash_attention_2, eager, ...; without it flash_attention_2 "
                         "on CUDA when installed, else sdpa")
         sp.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    def selection_args(sp, defaults, frames=True):
+        if frames:
+            sp.add_argument("--frames", type=int, default=defaults.frames,
+                            help="frames sampled uniformly over the video (method.md step 0)")
+            sp.add_argument("--budget", type=int, default=defaults.budget,
+                            help="visual tokens kept for the final pass (step 5)")
+        sp.add_argument("--units-per-group", type=int, default=defaults.units_per_group,
+                        help="temporal units per group (step 1)")
+        sp.add_argument("--max-pixels", type=int, default=None, help="pixels per frame after "
+                        f"resizing (step 0; default {defaults.max_pixels}, with --model needle "
+                        f"{NEEDLE_MAX_PIXELS}, the size it was trained at)")
+        sp.set_defaults(default_max_pixels=defaults.max_pixels)
+        sp.add_argument("--temperature", type=float, default=defaults.temperature,
+                        help="budget temperature T in w_g = softmax(-H_g / T) (step 5)")
+        sp.add_argument("--scorer", default=defaults.scorer, choices=["attention", "local_entropy", "fused"],
+                        help="AdaptToken's within-group ranking (README 'EntropySelect')")
+        sp.add_argument("--decoder", default=defaults.decoder, choices=["pyav", "torchcodec"],
+                        help="video decoder: pyav (FFmpeg bundled; honours rotation and variable "
+                        "frame rates), or torchcodec (needs torchcodec and FFmpeg's libraries; "
+                        "ignores rotation and variable frame rates)")
+        sp.add_argument("--seed", type=int, default=defaults.seed, help="seed of --method random")
+
+    def common(sp, defaults):
+        model_args(sp)
+        selection_args(sp, defaults)
+        sp.add_argument("--lite", action="store_true", help="AdaptToken-Lite: stop visiting "
+                        "groups once one's answer entropy is below tau (step 8)")
         sp.add_argument("--method", default="adapttoken", choices=METHODS,
                         help="token selection at the same --budget (README 'Baselines'): adapttoken "
                         "(method.md), uniform (whole units evenly spaced), flexselect (equal group "
                         "budgets), entropyselect (question-agnostic), random (seeded by --seed)")
-        sp.add_argument("--seed", type=int, default=defaults.seed, help="seed of --method random")
 
     def outputs(sp):
         sp.add_argument("--json", metavar="OUT", help="write the result as JSON to this file")
@@ -127,6 +141,38 @@ def _parser() -> argparse.ArgumentParser:
                    help="under torchrun: how long a finished rank waits for the others; a rank "
                    "not there by then is named and nothing is merged (run again to finish)")
     common(b, full)
+    n = sub.add_parser("niah", formatter_class=_HelpFormatter,
+                       help="the video needle-in-a-haystack benchmark: every method at one budget",
+                       description="Video needle-in-a-haystack (V-NIAH, arXiv 2406.16852): a needle "
+                       "drawn on one unit's frames at each depth of a haystack sampled to each "
+                       "frame count, answered by each method at the same --budget. Writes "
+                       "DIR/trials.jsonl (resumable), DIR/summary.json and heatmaps (README "
+                       "'Needle in a haystack').")
+    n.add_argument("--output", required=True, metavar="DIR", help="folder of trials.jsonl, "
+                   "summary.json, run.json and the PNGs; a rerun resumes it")
+    n.add_argument("--haystack", nargs="+", default=None, metavar="VIDEO", help="haystack video(s), "
+                   "concatenated in turn to the largest --frames (default: the sample clips)")
+    n.add_argument("--frames", type=int, nargs="+", default=[1024, 4096], help="frame counts")
+    n.add_argument("--depths", type=float, nargs="+", default=[0, 0.25, 0.5, 0.75, 1],
+                   help="needle depths, 0 (first unit) to 1 (last)")
+    n.add_argument("--needles", type=int, default=4, help="trials per (frames, depth) cell")
+    n.add_argument("--methods", nargs="+", default=list(METHODS), choices=NIAH_METHODS,
+                   metavar="METHOD", help=f"of {', '.join(NIAH_METHODS)} (lite: AdaptToken-Lite)")
+    n.add_argument("--lite", action="store_true", help="also run AdaptToken-Lite (method 'lite')")
+    n.add_argument("--budget", type=int, default=None, help="visual tokens every method keeps "
+                   "(default: two units' worth, so that uniform sees two units)")
+    n.add_argument("--kinds", nargs="+", default=list(KINDS), choices=list(KINDS),
+                   help="built-in needle kinds")
+    n.add_argument("--needle-image", metavar="PATH", help="your own needle picture instead "
+                   "(needs --question, --options, --answer)")
+    n.add_argument("--question", help="the question --needle-image answers")
+    n.add_argument("--options", nargs="+", metavar="OPTION", help='its options, "A. ..." "B. ..."')
+    n.add_argument("--answer", help="its right option's letter")
+    n.add_argument("--needle-frames", type=int, default=None, help="sampled frames the needle "
+                   "spans (default: one unit)")
+    n.add_argument("--restart", action="store_true", help="discard the trials in DIR and start over")
+    model_args(n)
+    selection_args(n, full, frames=False)
     return p
 
 
@@ -187,11 +233,85 @@ def _batch(args) -> int:
             torch.distributed.destroy_process_group()
 
 
+def _niah(args) -> int:
+    """``adapttoken niah``: check every argument, load the model, run the trials
+    (:func:`adapttoken_ext.niah_bench.run`) and print accuracy per method and frame count."""
+    import torch
+
+    from . import niah, niah_bench
+    from .pipeline import AdaptToken
+    from .video import check_decoder
+    try:
+        config = _config(args).validate()
+        check_decoder(config.decoder)
+        out = args.output
+        if os.path.exists(out) and not os.path.isdir(out):
+            raise ValueError(f"--output: {out!r} is a file; name a folder")
+        parent = os.path.dirname(os.path.abspath(out))
+        if not os.path.isdir(parent):
+            raise ValueError(f"--output: no such directory for {out!r}")
+        if not os.access(parent if not os.path.isdir(out) else out, os.W_OK):
+            raise ValueError(f"--output: cannot write in {out!r}")
+        image = None
+        if args.needle_image is not None:
+            image = niah.make_needle("image", image=args.needle_image, question=args.question,
+                                     options=args.options, answer=args.answer)
+        elif args.question or args.options or args.answer:
+            raise ValueError("--question/--options/--answer: these describe --needle-image; "
+                             "the built-in needles bring their own")
+        methods = list(dict.fromkeys(args.methods + (["lite"] if args.lite else [])))
+        niah_bench.check(args.frames, args.depths, args.needles, methods, args.kinds, image,
+                         args.needle_frames)
+        dtype = _DTYPES[args.dtype] and getattr(torch, _DTYPES[args.dtype])
+        at = AdaptToken.from_pretrained(args.model, config=config, device=args.device, dtype=dtype,
+                                        device_map=_device_map(args.device_map),
+                                        attn_implementation=args.attn_implementation,
+                                        family=args.family)
+        if at.tiny:
+            print(TINY_WARNING.format(family=args.family), file=sys.stderr)
+        trials = niah_bench.run(at, out, args.frames, args.depths, args.needles, methods,
+                                haystack=args.haystack, kinds=args.kinds, needle_image=image,
+                                needle_frames=args.needle_frames, budget=args.budget,
+                                restart=args.restart, progress=not args.quiet)
+    except (ValueError, OSError, ImportError) as e:
+        print(f"adapttoken: error: {e}", file=sys.stderr)
+        return 2
+    print(format_niah(trials))
+    print(f"wrote {os.path.join(out, 'trials.jsonl')}, summary.json, heatmap_<method>.png, entropy.png")
+    return 0
+
+
+def format_niah(trials: list[dict]) -> str:
+    """Per method and frame count, over depths and needles: accuracy, needle recall, the
+    share of trials whose lowest-entropy group holds the needle, and mean seconds."""
+    cells: dict[tuple, list[dict]] = {}
+    for t in trials:
+        cells.setdefault((t["method"], t["frames"]), []).append(t)
+    lines = [f"{'method':>13} {'frames':>6} {'trials':>6} {'accuracy':>8} {'recall':>6} "
+             f"{'lowest H':>8} {'seconds':>8} {'errors':>6}"]
+    for (m, F), ts in cells.items():
+        ok = [t for t in ts if "error" not in t]
+        rec = [t["needle_recall"] for t in ok if t.get("needle_recall") is not None]
+        low = [t["lowest_entropy_group"] == t["needle_group"] for t in ok
+               if t.get("lowest_entropy_group") is not None]
+        mean = (lambda xs: f"{sum(xs) / len(xs):.2f}" if xs else "-")
+        lines.append(f"{m:>13} {F:>6} {len(ts):>6} {sum(bool(t.get('correct')) for t in ts) / len(ts):>8.2f} "
+                     f"{mean(rec):>6} {mean(low):>8} {mean([t['seconds'] for t in ok]):>8} "
+                     f"{len(ts) - len(ok):>6}")
+    return "\n".join(lines)
+
+
 def _config(args):
     from .config import AdaptTokenConfig
-    return AdaptTokenConfig(frames=args.frames, budget=args.budget, units_per_group=args.units_per_group,
-                            max_pixels=args.max_pixels, scorer=args.scorer, decoder=args.decoder,
-                            lite=args.lite, seed=args.seed)
+    from .niah import NEEDLE_MAX_PIXELS
+    pixels = args.max_pixels
+    if pixels is None:
+        pixels = NEEDLE_MAX_PIXELS if args.model == "needle" else args.default_max_pixels
+    niah = args.command == "niah"  # frames, budget and lite per trial
+    return AdaptTokenConfig(frames=1 if niah else args.frames, budget=1 if niah else args.budget,
+                            units_per_group=args.units_per_group, max_pixels=pixels,
+                            scorer=args.scorer, decoder=args.decoder, temperature=args.temperature,
+                            lite=False if niah else args.lite, seed=args.seed)
 
 
 def _check_output(flag: str, path: str | None) -> None:
@@ -365,6 +485,8 @@ def main(argv=None) -> int:
         hf_logging.disable_progress_bar()
     if args.command == "batch":
         return _batch(args)
+    if args.command == "niah":
+        return _niah(args)
     from . import methods
     from .pipeline import AdaptToken
     from .video import check_decoder, sample_video

@@ -270,7 +270,9 @@ def needle_positions(num_frames: int, unit: int, depth: float, length: int | Non
 class NeedleVideo:
     """A haystack video file read like :class:`~adapttoken_ext.video.VideoReader` (same
     ``path``, ``info``, ``backend``, ``plan``, ``get_frames``, ``close``, context manager),
-    with ``needle`` drawn on the file frames that hold it, as they are decoded.
+    with ``needle`` drawn on the file frames that hold it, as they are decoded. ``path``
+    may also be an open reader with that interface (e.g. a haystack decoded once for many
+    trials); it is then left open.
 
     Which frames hold it follows the pipeline's sampling (method.md step 0,
     :func:`~adapttoken_ext.video.sample_frame_indices`): of the ``frames`` frames sampled
@@ -295,14 +297,15 @@ class NeedleVideo:
             raise ValueError(f"needle: must be a Needle (make_needle), got {type(needle).__name__}")
         if isinstance(frames, bool) or not isinstance(frames, int) or frames < 1:
             raise ValueError(f"frames: must be an int >= 1, got {frames!r}")
-        self._reader = VideoReader(path, cache_bytes=cache_bytes)
+        self._owned = not hasattr(path, "get_frames")
+        self._reader = VideoReader(path, cache_bytes=cache_bytes) if self._owned else path
         self.needle, self.depth = needle, depth
         info = self._reader.info
         try:
             self.sampled = sample_frame_indices(info.num_frames, frames, unit, info.timestamps_s)
             self.positions = needle_positions(len(self.sampled), unit, depth, length)
         except ValueError:
-            self._reader.close()
+            self.close()
             raise
         self.units = sorted({p // unit for p in self.positions})
         self.needle_frames = frozenset(self.sampled[p] for p in self.positions)
@@ -339,7 +342,9 @@ class NeedleVideo:
         return out
 
     def close(self) -> None:
-        self._reader.close()
+        """Closes the file it opened (a reader it was given stays open)."""
+        if self._owned:
+            self._reader.close()
 
     def __enter__(self):
         return self

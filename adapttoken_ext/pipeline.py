@@ -8,6 +8,7 @@ Model specifics live in the adapter (``adapttoken_ext.models``), the selection m
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -129,27 +130,35 @@ class AdaptToken:
         """Load a checkpoint (hub id or local path); its ``model_type`` picks the adapter
         (``adapttoken_ext.models.load``). ``model=None`` builds/loads the offline tiny
         checkpoint of ``family`` (a ``model_type``) with random weights (its answers are
-        meaningless). ``device_map`` (None, ``"auto"`` or a dict) splits a large model
+        meaningless); ``model="needle"`` the trained needle checkpoint (a tiny Qwen2.5-VL
+        that answers the built-in needle questions of ``adapttoken_ext.niah`` on frames of
+        at most ``niah.NEEDLE_MAX_PIXELS`` pixels; README "Needle in a haystack"). ``device_map`` (None, ``"auto"`` or a dict) splits a large model
         across devices.
 
         Raises:
             ValueError: no adapter for the checkpoint's ``model_type``, or no tiny ``family``.
         """
         from . import models
-        from .models.tiny import FAMILIES, ensure_tiny_model, tiny_model_id
+        from .models.tiny import FAMILIES, ensure_needle_model, ensure_tiny_model, needle_model_id, tiny_model_id
         family = next((f for f in FAMILIES if model == tiny_model_id(f)), family)
         tiny = model is None or model == tiny_model_id(family)
-        path = str(ensure_tiny_model(family)) if tiny else model
+        name, path = model, model
+        if tiny:
+            name, path = tiny_model_id(family), str(ensure_tiny_model(family))
+        elif model in ("needle", needle_model_id()):  # the trained needle checkpoint (README)
+            name, path = needle_model_id(), str(ensure_needle_model())
         adapter = models.load(path, device=device, dtype=dtype, device_map=device_map,
                               attn_implementation=attn_implementation)
-        return cls(adapter, config, name=tiny_model_id(family) if tiny else model, tiny=tiny)
+        return cls(adapter, config, name=name, tiny=tiny)
 
     def answer(self, video, question: str, options: list[str] | None = None,
                progress: bool = True, method: str = "adapttoken") -> AdaptTokenResult:
         """Answer ``question`` about ``video`` (method.md steps 0-9).
 
         Args:
-            video: path of a video file.
+            video: path of a video file, or an open reader with ``VideoReader``'s
+                interface (``info``, ``plan``, ``get_frames``; e.g.
+                :class:`adapttoken_ext.niah.NeedleVideo`), used and left open.
             question: non-empty text.
             options: optional ``["A. ...", "B. ...", ...]``; enables option-letter entropy.
             progress: show a tqdm bar over groups.
@@ -179,7 +188,8 @@ class AdaptToken:
         the local-entropy scorer needs the frames, which the cache does not hold.
 
         Args:
-            video: path of a video file.
+            video: path of a video file, or an open reader as in :meth:`answer` (then
+                nothing is cached).
             questions: a list of question strings or ``(question, options)`` pairs.
             progress: show a tqdm bar over groups.
             method: as in :meth:`answer` (only ``adapttoken`` and ``flexselect`` use the
@@ -204,8 +214,11 @@ class AdaptToken:
     def _answer_all(self, video, items, progress, cache, method="adapttoken") -> list[AdaptTokenResult]:
         cfg, ad = self.config, self.adapter
         t_start = time.perf_counter()
-        vkey = video_key(video) if cache is not None else None
-        with VideoReader(video, cache_bytes=cfg.decode_cache_mb << 20, decoder=cfg.decoder) as reader:
+        is_reader = hasattr(video, "get_frames")
+        vkey = video_key(video) if cache is not None and not is_reader else None
+        cache = cache if vkey is not None else None
+        with (contextlib.nullcontext(video) if is_reader else
+              VideoReader(video, cache_bytes=cfg.decode_cache_mb << 20, decoder=cfg.decoder)) as reader:
             plans = [stages.make_plan(ad, reader.info, cfg, q, o) for q, o in items]
             out = []
             for plan in plans:

@@ -217,10 +217,6 @@ def needle_entropies(units=8, clips=2):
     return out
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the committed checkpoint (40 min, 2855 steps) meets it for 7 of 12 classes: green, "
-    "digit 1 and top right (the B options) stay near the no-needle output (1.27-1.35 nats), "
-    "digit 7 reaches 0.48, top left 1.06, no-needle clips 1.265-1.341; README 'Needle in a haystack'"))
 def test_needle_checkpoint_sees_every_needle_class():
     """Acceptance (issue 23, section 3): each class of each kind answered with its letter
     at letter entropy <= 0.3 nats; clips without a needle within 0.1 nats of ln 4."""

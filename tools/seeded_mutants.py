@@ -213,6 +213,27 @@ MUTANTS = {
     "method_check_skipped": ("adapttoken_ext/pipeline.py",
                              "        methods.get(method).check(self.config)\n        return self._answer_all(",
                              "        return self._answer_all(", "methods"),
+    # adapttoken niah (python_tests/test_niah_bench.py)
+    "niah_accuracy_over_ran_trials": ("adapttoken_ext/niah_bench.py",
+                                      '"accuracy": sum(bool(t.get("correct")) for t in ts) / len(ts),',
+                                      '"accuracy": sum(bool(t.get("correct")) for t in ts) / max(1, len(ok)),', "niah"),
+    "niah_needle_cell_overlap_off_by_one": ("adapttoken_ext/niah_bench.py",
+                                            "if mask[h * H // rows:(h + 1) * H // rows,",
+                                            "if mask[h * H // rows:(h + 1) * H // rows + 1,", "niah"),
+    "niah_same_needles_every_cell": ("adapttoken_ext/niah_bench.py", "pairs[(depth_index * count + i) % len(pairs)]",
+                                     "pairs[i % len(pairs)]", "niah"),
+    "niah_letter_anywhere": ("adapttoken_ext/niah_bench.py", 're.match(r"\\s*\\(?([A-Z])(?![a-z])", answer)',
+                             're.search(r"([A-Z])(?![a-z])", answer)', "niah"),
+    "niah_resume_ignores_journal": ("adapttoken_ext/niah_bench.py", "done = {_key(r) for r in _journal(journal)}",
+                                    "done = set()", "niah"),
+    "niah_frames_not_per_trial": ("adapttoken_ext/niah_bench.py",
+                                  "dataclasses.replace(base, frames=F, budget=budget,",
+                                  "dataclasses.replace(base, budget=budget,", "niah"),
+    "niah_recall_over_kept": ("adapttoken_ext/niah_bench.py", "len(truth & kept) / len(truth) if truth",
+                              "len(truth & kept) / max(1, len(kept)) if truth", "niah"),
+    "niah_run_record_not_compared": ("adapttoken_ext/niah_bench.py", "diff = _differences(old, record)", "diff = []", "niah"),
+    "niah_default_budget_one_unit": ("adapttoken_ext/niah_bench.py", "budget = 2 * tpu if budget is None",
+                                     "budget = tpu if budget is None", "niah"),
 }
 
 TESTS = ["python_tests/test_sequence.py", "python_tests/test_positions.py", "python_tests/test_pipeline.py",
@@ -223,7 +244,8 @@ TESTS = ["python_tests/test_sequence.py", "python_tests/test_positions.py", "pyt
 # tests named by a mutant's fourth item
 SUITES = {"selection": ["python_tests/test_selection.py"],
           "why": ["python_tests/test_pipeline.py", "-k", "why_fewer"],
-          "methods": ["python_tests/test_methods.py"]}
+          "methods": ["python_tests/test_methods.py"],
+          "niah": ["python_tests/test_niah_bench.py"]}
 
 
 def run(name: str, file: str, old: str, new: str, tests=TESTS) -> bool:

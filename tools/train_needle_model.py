@@ -18,9 +18,13 @@ positions the pipeline uses:
 Loss: cross-entropy over the full vocabulary at the last prompt position. Clips are one
 unit long until the loss's moving average falls below ``--hold-loss`` (every class seen;
 at most ``--hold`` steps), then grow to ``--max-units`` over ``--ramp`` steps (without the
-one-unit start it stays at chance). Constant learning rate after a
-50-step warm-up, so a run is a function of ``--seed`` and the step count alone (the
-wall-clock cap ``--minutes`` only says where it stops; ``--steps`` reproduces it). One thread (``torch.set_num_threads(1)``): on a shared machine
+one-unit start it stays at chance). A 50-step warm-up, then cosine decay to
+``--lr-min`` at ``--steps``, so a run is a function of ``--seed``, ``--steps`` and the step it
+stopped at alone (the wall-clock cap ``--minutes`` only says where it stops; ``--stop-at``
+reproduces it). Batches are ``--contrast`` groups by default: one clip without a needle and
+with each class of one kind in the same unit, so the needle is the only difference between
+the five (without them, after 2855 steps at lr 3e-3 the three "B" classes had collapsed
+onto the no-needle output). One thread (``torch.set_num_threads(1)``): on a shared machine
 more threads ran far slower.
 
     python -m tools.train_needle_model --out runs/needle --minutes 40 --seed 0
@@ -206,6 +210,8 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--minutes", type=float, default=40.0, help="wall-clock cap")
     p.add_argument("--steps", type=int, default=6000, help="steps (the cosine schedule ends here)")
+    p.add_argument("--stop-at", type=int, default=None,
+                   help="stop after this step (default --steps): reproduces a run the --minutes cap stopped")
     p.add_argument("--batch", type=int, default=15, help="examples per step (with --contrast, a multiple of 5)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--max-units", type=int, default=16)
@@ -251,7 +257,7 @@ def train(model, opt, ex, forms, rng, args, log) -> int:
     out = Path(args.out)
     t0 = last_save = time.time()
     step, ema, ramp_from = 0, None, None
-    for step in range(1, args.steps + 1):
+    for step in range(1, (args.stop_at or args.steps) + 1):
         if time.time() - t0 > args.minutes * 60:
             step -= 1  # this one did not run
             break
