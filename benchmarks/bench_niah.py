@@ -225,8 +225,9 @@ def main():
     ap.add_argument("--depths", type=int, default=11, help="evenly spaced depths from 0 to 1")
     ap.add_argument("--needles", type=int, default=3, help="trials per (frames, depth) cell")
     ap.add_argument("--temperatures", type=float, nargs="+", default=[0.3, 0.1], help="of the sweep")
-    ap.add_argument("--units-per-group", type=int, default=16,
-                    help="the needle checkpoint was trained on clips of up to 16 units")
+    ap.add_argument("--units-per-group", type=int, default=64,
+                    help="method.md's default (the checkpoint was trained on clips of up to 16 units "
+                    "and sees the needle in 64-unit groups as well)")
     ap.add_argument("--parts", nargs="+", default=["trials", "sweep", "memory", "report"],
                     choices=["trials", "sweep", "memory", "report"])
     ap.add_argument("--jobs", type=int, default=1, help="parts run at once (each one thread)")
