@@ -28,7 +28,7 @@ import torch
 
 from .video import VideoReader, sample_frame_indices
 
-__all__ = ["KINDS", "LETTERS", "NEEDLE_MAX_PIXELS", "Needle", "NeedleVideo", "draw_needle",
+__all__ = ["KINDS", "LETTERS", "NEEDLE_MAX_PIXELS", "NEEDLE_TILE", "Needle", "NeedleVideo", "draw_needle",
            "make_needle", "needle_positions", "needle_units", "render_needle"]
 
 LETTERS = ("A", "B", "C", "D")
@@ -37,6 +37,10 @@ LETTERS = ("A", "B", "C", "D")
 # pixels (2 x 4 merged tokens per unit). Qwen2-VL's resize rule gives that size at this
 # max_pixels for 16:9 (the sample clips, make_long_video's 320x180) and 2.35:1 (bikes.mp4).
 NEEDLE_MAX_PIXELS = 56 * 140
+# The LLaVA-OneVision needle checkpoint's frames: every frame is resized to one square tile
+# of the SigLIP tower's image_size (max_pixels has no effect), 56 px: 4 x 4 patches of 14 px
+# pooled to 2 x 2 tokens per frame (one frame per unit).
+NEEDLE_TILE = 56
 
 COLOURS = {"red": (230, 30, 30), "green": (30, 190, 40), "blue": (30, 70, 235),
            "yellow": (245, 225, 25)}

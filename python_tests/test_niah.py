@@ -171,23 +171,31 @@ def letter_entropy_f64(logits, forms):
     return float(-(p * torch.log(p)).sum()), int(lett.argmax())
 
 
-def needle_entropies(units=8, clips=2):
+# the needle checkpoints' frame sizes on bigbuckbunny.mp4 (16:9), as documented beside
+# niah.NEEDLE_MAX_PIXELS: Qwen2.5-VL 56 x 112 (2 x 4 tokens per 2-frame unit),
+# LLaVA-OneVision one 56 px tile (2 x 2 tokens per frame)
+NEEDLE_FRAME = {"qwen2_5_vl": (56, 112), "llava_onevision": (56, 56)}
+
+
+def needle_entropies(family="qwen2_5_vl", units=8, clips=2):
     """Per needle class (and ``<kind>:none``), the letter entropies and argmax letters of
-    the needle model's first answer token on ``clips`` haystack clips of ``units`` units
-    (bigbuckbunny.mp4, the needle in one unit at depths spread over the clip), each at the
-    group pass's compact positions and at the final pass's positions (the clip's units
-    scattered over a 1000-unit video, one token in four dropped outside the needle unit)."""
+    the ``family`` needle model's first answer token on ``clips`` haystack clips of
+    ``units`` units (bigbuckbunny.mp4, the needle in one unit at depths spread over the
+    clip), each at the group pass's positions and at the final pass's (the clip's units
+    scattered over a 1000-unit video, one token in four dropped outside the needle unit:
+    M-RoPE full-video positions, 1-D compact ones, as ``Sequence.prune`` gives them)."""
     from adapttoken_ext import models
     from adapttoken_ext.config import MC_INSTRUCTION
     from adapttoken_ext.models.base import Clip
     from adapttoken_ext.models.tiny import ensure_needle_model
 
-    ad = models.load(str(ensure_needle_model("qwen2_5_vl")))
+    ad = models.load(str(ensure_needle_model(family)))
+    f = ad.unit  # frames per unit
     with VideoReader(sample_video("bigbuckbunny.mp4")) as r:
         H, W = ad.frame_size(r.info.height, r.info.width, niah.NEEDLE_MAX_PIXELS)
-        assert (H, W) == (56, 112)
-        idx = sample_frame_indices(r.info.num_frames, 2 * units * clips, ad.unit, r.info.timestamps_s)
-        hay = r.get_frames(idx, H, W).view(clips, 2 * units, 3, H, W)
+        assert (H, W) == NEEDLE_FRAME[family]
+        idx = sample_frame_indices(r.info.num_frames, f * units * clips, ad.unit, r.info.timestamps_s)
+        hay = r.get_frames(idx, H, W).view(clips, f * units, 3, H, W)
     rows, cols = ad.unit_grid(H, W)
     tpu = rows * cols
     forms = ad.option_token_ids(list(niah.LETTERS))
@@ -202,7 +210,7 @@ def needle_entropies(units=8, clips=2):
                 frames = hay[c].clone()
                 u = niah.needle_units(units, c / max(1, clips - 1))[0]
                 if cls is not None:
-                    frames[2 * u:2 * u + 2] = niah.draw_needle(frames[2 * u:2 * u + 2],
+                    frames[f * u:f * u + f] = niah.draw_needle(frames[f * u:f * u + f],
                                                                niah.make_needle(kind, cls))
                 vis = ad.encode(frames)
                 group = ad.sequence(prompt, Clip(list(range(units)), [0.0] * units, 2.0), (rows, cols))
@@ -217,10 +225,11 @@ def needle_entropies(units=8, clips=2):
     return out
 
 
-def test_needle_checkpoint_sees_every_needle_class():
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "llava_onevision"])
+def test_needle_checkpoint_sees_every_needle_class(family):
     """Acceptance (issue 23, section 3): each class of each kind answered with its letter
     at letter entropy <= 0.3 nats; clips without a needle within 0.1 nats of ln 4."""
-    got = needle_entropies()
+    got = needle_entropies(family)
     for name, res in got.items():
         kind, cls = name.split(":")
         hs = [h for h, _ in res]
@@ -231,21 +240,25 @@ def test_needle_checkpoint_sees_every_needle_class():
             assert max(hs) <= 0.3 and all(a == want for _, a in res), (name, res)
 
 
-def test_ensure_needle_model_builds_the_committed_weights():
+@pytest.mark.parametrize("family,model_class", [
+    ("qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration"),
+    ("llava_onevision", "LlavaOnevisionForConditionalGeneration"),
+])
+def test_ensure_needle_model_builds_the_committed_weights(family, model_class):
     import hashlib
 
+    import transformers
     from safetensors.torch import load_file
     from transformers import AutoConfig
 
     from adapttoken_ext.models import tiny
-    path = tiny.ensure_needle_model("qwen2_5_vl")
-    weights = tiny.needle_weights_path("qwen2_5_vl")
+    path = tiny.ensure_needle_model(family)
+    weights = tiny.needle_weights_path(family)
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()
-    assert digest[:16] in path.name and tiny.ensure_needle_model("qwen2_5_vl") == path
+    assert digest[:16] in path.name and tiny.ensure_needle_model(family) == path
     cfg = AutoConfig.from_pretrained(path)
-    assert cfg.model_type == "qwen2_5_vl" and cfg.text_config.hidden_size == 128
-    from transformers import Qwen2_5_VLForConditionalGeneration
-    saved = Qwen2_5_VLForConditionalGeneration.from_pretrained(path).state_dict()
+    assert cfg.model_type == family and cfg.text_config.hidden_size == 128
+    saved = getattr(transformers, model_class).from_pretrained(path).state_dict()
     committed = load_file(str(weights))
     assert saved.keys() == committed.keys()
     assert all(torch.equal(saved[k], committed[k]) for k in committed)

