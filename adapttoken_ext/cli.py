@@ -56,8 +56,9 @@ def _parser() -> argparse.ArgumentParser:
     def model_args(sp):
         sp.add_argument("--model", default=None, help="hub id or local path of a supported "
                         f"checkpoint (model_type {', '.join(ADAPTERS)}), or 'needle' (the trained "
-                        "needle checkpoint, README 'Needle in a haystack'); without it, the "
-                        "offline tiny model of --family with random weights")
+                        "needle checkpoint of --family, qwen2_5_vl or llava_onevision, README "
+                        "'Needle in a haystack'); without it, the offline tiny model of "
+                        "--family with random weights")
         sp.add_argument("--family", default="qwen2_5_vl", choices=sorted(FAMILIES),
                         help="model_type of the offline tiny model used without --model")
         sp.add_argument("--device", default="cpu", help="device of the whole model, e.g. cpu, "
@@ -261,7 +262,7 @@ def _niah(args) -> int:
                              "the built-in needles bring their own")
         methods = list(dict.fromkeys(args.methods + (["lite"] if args.lite else [])))
         niah_bench.check(args.frames, args.depths, args.needles, methods, args.kinds, image,
-                         args.needle_frames)
+                         args.needle_frames, args.budget)
         dtype = _DTYPES[args.dtype] and getattr(torch, _DTYPES[args.dtype])
         at = AdaptToken.from_pretrained(args.model, config=config, device=args.device, dtype=dtype,
                                         device_map=_device_map(args.device_map),
@@ -277,8 +278,13 @@ def _niah(args) -> int:
         print(f"adapttoken: error: {e}", file=sys.stderr)
         return 2
     print(format_niah(trials))
-    print(f"wrote {os.path.join(out, 'trials.jsonl')}, summary.json, heatmap_<method>.png, entropy.png")
-    return 0
+    figures = "heatmap_<method>.png" + (", entropy.png" if os.path.exists(os.path.join(out, "entropy.png")) else "")
+    print(f"wrote {os.path.join(out, 'trials.jsonl')}, summary.json, {figures}")
+    errors = sum("error" in t for t in trials)
+    if errors:
+        print(f"adapttoken: {errors} trial(s) failed (their error is in trials.jsonl); a rerun retries them",
+              file=sys.stderr)
+    return 1 if errors else 0
 
 
 def format_niah(trials: list[dict]) -> str:
@@ -303,10 +309,12 @@ def format_niah(trials: list[dict]) -> str:
 
 def _config(args):
     from .config import AdaptTokenConfig
+    from .models.tiny import NEEDLE_FAMILIES, needle_model_id
     from .niah import NEEDLE_MAX_PIXELS
     pixels = args.max_pixels
-    if pixels is None:
-        pixels = NEEDLE_MAX_PIXELS if args.model == "needle" else args.default_max_pixels
+    if pixels is None:  # a needle checkpoint at the size it was trained at
+        needle = args.model == "needle" or args.model in map(needle_model_id, NEEDLE_FAMILIES)
+        pixels = NEEDLE_MAX_PIXELS if needle else args.default_max_pixels
     niah = args.command == "niah"  # frames, budget and lite per trial
     return AdaptTokenConfig(frames=1 if niah else args.frames, budget=1 if niah else args.budget,
                             units_per_group=args.units_per_group, max_pixels=pixels,

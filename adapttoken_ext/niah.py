@@ -296,13 +296,13 @@ class NeedleVideo:
     """
 
     def __init__(self, path, needle: Needle, depth: float, frames: int, unit: int,
-                 length: int | None = None, cache_bytes: int = 0):
+                 length: int | None = None, cache_bytes: int = 0, decoder: str = "pyav"):
         if not isinstance(needle, Needle):
             raise ValueError(f"needle: must be a Needle (make_needle), got {type(needle).__name__}")
         if isinstance(frames, bool) or not isinstance(frames, int) or frames < 1:
             raise ValueError(f"frames: must be an int >= 1, got {frames!r}")
         self._owned = not hasattr(path, "get_frames")
-        self._reader = VideoReader(path, cache_bytes=cache_bytes) if self._owned else path
+        self._reader = VideoReader(path, cache_bytes=cache_bytes, decoder=decoder) if self._owned else path
         self.needle, self.depth = needle, depth
         info = self._reader.info
         try:

@@ -28,7 +28,7 @@ import torch
 from .niah import KINDS, LETTERS, Needle, NeedleVideo, make_needle, render_needle
 from .video import VideoReader, sample_frame_indices
 
-__all__ = ["NIAH_METHODS", "DecodedVideo", "answer_letter", "check", "make_haystack", "run", "summarize",
+__all__ = ["NIAH_METHODS", "DecodedVideo", "answer_letter", "check", "latest", "make_haystack", "run", "summarize",
            "trial_needles", "trial_record", "plot_heatmaps", "plot_entropy"]
 
 NIAH_METHODS = ("adapttoken", "lite", "uniform", "flexselect", "entropyselect", "random")
@@ -39,22 +39,27 @@ NIAH_METHODS = ("adapttoken", "lite", "uniform", "flexselect", "entropyselect", 
 DECODED_LIMIT_BYTES = 4 << 30
 
 
-def trial_needles(kinds, count: int, depth_index: int) -> list[Needle]:
-    """The ``count`` built-in needles of the cell at ``depth_index``: the classes of
-    ``kinds`` in turn (kind by kind, class by class), continuing from cell to cell, so
-    that every class comes up equally often over the depths. The same at every frame
-    count, so that frame counts compare the same needles.
+def trial_needles(kinds, count: int, depth: float) -> list[Needle]:
+    """The ``count`` built-in needles of the cell at ``depth``: trial ``i`` has option
+    letter ``letters[i % 4]`` and kind ``kinds[(i + i // 4) % len(kinds)]``, ``letters`` and
+    ``kinds`` in an order drawn from a generator seeded by the depth's value. So every 4
+    trials of a cell cover the 4 letters (a method that always answers one letter scores
+    exactly chance there), every ``4 * len(kinds)`` trials every (kind, class) once, the
+    order differs from depth to depth, and a needle depends only on ``(depth, i)``: adding
+    depths or trials on a rerun changes no earlier needle. The same at every frame count.
 
     Raises:
-        ValueError: naming ``kinds`` (empty or unknown) or ``count`` (< 1).
+        ValueError: naming ``kinds`` (empty, repeated or unknown) or ``count`` (< 1).
     """
+    import random
     kinds = list(kinds)
-    if not kinds or any(k not in KINDS for k in kinds):
-        raise ValueError(f"kinds: must be some of {', '.join(KINDS)}, got {kinds!r}")
-    if count < 1:
-        raise ValueError(f"needles: must be >= 1 per cell, got {count}")
-    pairs = [(k, c) for c in range(4) for k in kinds]
-    return [make_needle(*pairs[(depth_index * count + i) % len(pairs)]) for i in range(count)]
+    if not kinds or any(k not in KINDS for k in kinds) or len(set(kinds)) != len(kinds):
+        raise ValueError(f"kinds: must be some of {', '.join(KINDS)} (each once), got {kinds!r}")
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"needles: must be >= 1 per cell, got {count!r}")
+    rng = random.Random(f"niah depth {float(depth)!r}")
+    letters, kinds = rng.sample(range(4), 4), rng.sample(kinds, len(kinds))
+    return [make_needle(kinds[(i + i // 4) % len(kinds)], letters[i % 4]) for i in range(count)]
 
 
 def answer_letter(answer: str, letters=LETTERS) -> str | None:
@@ -101,7 +106,8 @@ def make_haystack(videos, num_frames: int, out_dir) -> Path:
     """The haystack file: one given video that has ``num_frames`` frames is used as it is;
     else the videos (default: the sample clips) concatenated in turn to ``num_frames``
     frames at 320 x 180 (:func:`adapttoken_ext.video.make_long_video`), written once to
-    ``out_dir/haystack-<frames>.mp4`` and reused.
+    ``out_dir/haystack-<frames>-<stamp>.mp4`` and reused (``stamp``: a hash of the source
+    files' paths, sizes and times).
 
     Raises:
         FileNotFoundError, ValueError: naming ``--haystack`` for a missing or unreadable file.
@@ -118,7 +124,9 @@ def make_haystack(videos, num_frames: int, out_dir) -> Path:
             raise ValueError(f"--haystack: {e}") from None
         if len(videos) == 1 and n >= num_frames:
             return Path(v)
-    out = Path(out_dir) / f"haystack-{num_frames}.mp4"
+    stamp = hashlib.sha256(json.dumps([(os.path.abspath(v), os.path.getsize(v), os.path.getmtime(v))
+                                       for v in videos]).encode()).hexdigest()[:10]
+    out = Path(out_dir) / f"haystack-{num_frames}-{stamp}.mp4"
     if not out.exists():  # make_long_video writes it atomically
         kw = {"sources": videos} if videos else {}
         make_long_video(out, num_frames, **kw)
@@ -161,7 +169,8 @@ def trial_record(method: str, frames: int, depth: float, trial: int, needle: Nee
         first in g.frames for g in result.groups) else None
     ents = [g.entropy for g in result.groups]
     seen = [(h, g.index) for h, g in zip(ents, result.groups) if h is not None]
-    letter = answer_letter(result.answer)
+    from .stages import parse_options
+    letter = answer_letter(result.answer, parse_options(list(needle.options)))
     return {"method": method, "frames": frames, "depth": depth, "trial": trial, "needle": needle.name,
             "answer": result.answer, "letter": letter, "correct": letter == needle.answer,
             "needle_recall": len(truth & kept) / len(truth) if truth else None,
@@ -180,20 +189,25 @@ def _journal(path: Path) -> list[dict]:
 
 
 def check(frames, depths, needles: int, methods, kinds=tuple(KINDS), needle_image=None,
-          needle_frames: int | None = None) -> None:
+          needle_frames: int | None = None, budget: int | None = None) -> None:
     """The arguments of :func:`run` that need no model (the CLI checks them before loading one).
 
     Raises:
-        ValueError: naming ``frames``, ``depths``, ``needles``, ``methods``, ``kinds`` or
-            ``needle_frames``.
+        ValueError: naming ``frames``, ``depths``, ``needles``, ``methods``, ``kinds``,
+            ``needle_frames`` or ``budget``.
     """
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
+        raise ValueError(f"budget: must be >= 1 visual token, got {budget!r}")
     if needle_frames is not None and (isinstance(needle_frames, bool) or not isinstance(needle_frames, int)
                                       or needle_frames < 1):
         raise ValueError(f"needle_frames: must be an int >= 1, got {needle_frames!r}")
     frames, depths, methods = list(frames), list(depths), list(methods)
     if not frames or any(isinstance(f, bool) or not isinstance(f, int) or f < 1 for f in frames):
         raise ValueError(f"frames: must be frame counts >= 1, got {frames}")
-    if not depths or any(not isinstance(d, (int, float)) or not 0.0 <= d <= 1.0 for d in depths):
+    if needle_frames is not None and frames and needle_frames > min(frames):
+        raise ValueError(f"needle_frames: {needle_frames} frames do not fit in {min(frames)} sampled frames")
+    if not depths or any(isinstance(d, bool) or not isinstance(d, (int, float)) or not 0.0 <= d <= 1.0
+                         for d in depths):
         raise ValueError(f"depths: must be numbers in [0, 1], got {depths}")
     for name, v in (("frames", frames), ("depths", depths), ("methods", methods)):
         if len(set(v)) != len(v):
@@ -201,7 +215,7 @@ def check(frames, depths, needles: int, methods, kinds=tuple(KINDS), needle_imag
     if not methods or any(m not in NIAH_METHODS for m in methods):
         raise ValueError(f"methods: must be some of {', '.join(NIAH_METHODS)}, got {methods}")
     if needle_image is None:
-        trial_needles(kinds, needles, 0)  # checks kinds and needles
+        trial_needles(kinds, needles, 0.0)  # checks kinds and needles
     elif needles < 1:
         raise ValueError(f"needles: must be >= 1 per cell, got {needles}")
 
@@ -210,7 +224,7 @@ def run(at, out_dir, frames, depths, needles: int = 4, methods=NIAH_METHODS[:1],
         kinds=tuple(KINDS), needle_image: Needle | None = None, needle_frames: int | None = None,
         budget: int | None = None, restart: bool = False, progress: bool = True) -> list[dict]:
     """Run every trial not yet in ``out_dir/trials.jsonl`` (module docstring) and write
-    ``summary.json`` and the figures. Returns the journal's records.
+    ``summary.json`` and the figures. Returns the latest record of every trial in the journal.
 
     Args:
         at: an :class:`~adapttoken_ext.pipeline.AdaptToken`; its config gives every setting
@@ -231,7 +245,7 @@ def run(at, out_dir, frames, depths, needles: int = 4, methods=NIAH_METHODS[:1],
     from . import methods as registry
     from .batch import _differences, _load_record, _write_atomic
     out = Path(out_dir)
-    check(frames, depths, needles, methods, kinds, needle_image, needle_frames)
+    check(frames, depths, needles, methods, kinds, needle_image, needle_frames, budget)
     frames = [int(f) for f in frames]
     ad, base = at.adapter, at.config
     out.mkdir(parents=True, exist_ok=True)
@@ -241,8 +255,6 @@ def run(at, out_dir, frames, depths, needles: int = 4, methods=NIAH_METHODS[:1],
     size = ad.frame_size(info.height, info.width, base.max_pixels)
     tpu = math.prod(ad.unit_grid(*size))
     budget = 2 * tpu if budget is None else budget
-    if budget < 1:
-        raise ValueError(f"budget: must be >= 1 visual token, got {budget}")
     configs = {(m, F): dataclasses.replace(base, frames=F, budget=budget, lite=m == "lite")
                for m in methods for F in frames}
     for (m, _), c in configs.items():
@@ -255,7 +267,10 @@ def run(at, out_dir, frames, depths, needles: int = 4, methods=NIAH_METHODS[:1],
                                              if k not in ("frames", "lite", "budget", "decode_cache_mb",
                                                           "visual_cache_gb")},
               "budget": budget, "needle": spec, "needle_frames": needle_frames or ad.unit,
-              "haystack": [str(Path(hay).resolve())], "haystack_sha256": _sha256(hay)}
+              "haystack": [str(Path(hay).resolve())], "haystack_sha256": _sha256(hay),
+              "haystack_sources": [os.path.abspath(v) for v in haystack or []],
+              "dtype": str(ad.model.dtype).removeprefix("torch."),
+              "attn_implementation": getattr(ad.model.config.get_text_config(), "_attn_implementation", None)}
     journal, rec_path = out / "trials.jsonl", out / "run.json"
     old = None if restart else _load_record(str(rec_path))
     if old is not None:
@@ -266,10 +281,12 @@ def run(at, out_dir, frames, depths, needles: int = 4, methods=NIAH_METHODS[:1],
     elif not restart and journal.exists() and journal.stat().st_size:
         raise ValueError(f"--output: {str(journal)!r} is not empty but has no run.json; pass "
                          "--restart to replace it, or choose another --output")
-    if restart and journal.exists():
-        journal.unlink()
+    if restart:
+        for old_file in [journal, out / "summary.json", out / "entropy.png", *out.glob("heatmap_*.png")]:
+            if old_file.exists():
+                old_file.unlink()
     _write_atomic(str(rec_path), json.dumps(record, indent=1))
-    done = {_key(r) for r in _journal(journal)}
+    done = {_key(r) for r in _journal(journal) if "error" not in r}  # a failed trial is retried
     todo = [(F, d, i, m) for F in frames for di, d in enumerate(depths) for i in range(needles)
             for m in methods if (m, F, float(d), i) not in done]
     bar = None
@@ -279,21 +296,25 @@ def run(at, out_dir, frames, depths, needles: int = 4, methods=NIAH_METHODS[:1],
     try:
         with open(journal, "a", encoding="utf-8") as log:
             for F in frames:
+                decoded = None  # the previous frame count's frames go first
                 decoded = _decoded(hay, F, ad.unit, size, base.decoder, [t for t in todo if t[0] == F])
                 for F_, d, i, m in [t for t in todo if t[0] == F]:
-                    di = list(depths).index(d)
-                    needle = needle_image or trial_needles(kinds, needles, di)[i]
+                    needle = needle_image or trial_needles(kinds, needles, d)[i]
                     at.config = configs[m, F]
+                    oom = False
                     try:
-                        with NeedleVideo(decoded or hay, needle, d, frames=F, unit=ad.unit,
-                                         length=needle_frames) as v:
+                        with NeedleVideo(decoded or hay, needle, d, frames=F, unit=ad.unit, length=needle_frames,
+                                         cache_bytes=base.decode_cache_mb << 20, decoder=base.decoder) as v:
                             res = at.answer(v, needle.question, list(needle.options), progress=False,
                                             method="adapttoken" if m == "lite" else m)
                             rec = trial_record(m, F, d, i, needle, res, v, ad.unit, size)
                     except Exception as e:  # noqa: BLE001 - one trial's failure must not end the run
                         from .batch import _error_text
+                        oom = isinstance(e, torch.cuda.OutOfMemoryError)
                         rec = {"method": m, "frames": F, "depth": d, "trial": i, "needle": needle.name,
                                "error": _error_text(e)}
+                    if oom:  # outside the except block: the failed forward's tensors are gone
+                        torch.cuda.empty_cache()
                     log.write(json.dumps(rec) + "\n")
                     log.flush()
                     os.fsync(log.fileno())
@@ -304,7 +325,7 @@ def run(at, out_dir, frames, depths, needles: int = 4, methods=NIAH_METHODS[:1],
         at.config = base
         if bar is not None:
             bar.close()
-    trials = _journal(journal)
+    trials = latest(_journal(journal))
     rows = summarize(trials)
     _write_atomic(str(out / "summary.json"), json.dumps(rows, indent=1))
     plot_heatmaps(rows, out)
@@ -313,6 +334,15 @@ def run(at, out_dir, frames, depths, needles: int = 4, methods=NIAH_METHODS[:1],
         one = min(shown, key=lambda t: (abs(t["depth"] - 0.5), t["trial"]))
         plot_entropy(one, out / "entropy.png")
     return trials
+
+
+def latest(trials: list[dict]) -> list[dict]:
+    """The journal's last record per trial key (a retried failure replaces its error), in
+    first-seen order."""
+    last = {}
+    for t in trials:
+        last[_key(t)] = t
+    return list(last.values())
 
 
 def _decoded(hay, F, unit, size, decoder, todo):

@@ -130,23 +130,28 @@ class AdaptToken:
         """Load a checkpoint (hub id or local path); its ``model_type`` picks the adapter
         (``adapttoken_ext.models.load``). ``model=None`` builds/loads the offline tiny
         checkpoint of ``family`` (a ``model_type``) with random weights (its answers are
-        meaningless); ``model="needle"`` the trained needle checkpoint (a tiny Qwen2.5-VL
-        that answers the built-in needle questions of ``adapttoken_ext.niah`` on frames of
-        at most ``niah.NEEDLE_MAX_PIXELS`` pixels; README "Needle in a haystack"). ``device_map`` (None, ``"auto"`` or a dict) splits a large model
+        meaningless); ``model="needle"`` the trained needle checkpoint of ``family``
+        (``qwen2_5_vl`` or ``llava_onevision``: tiny models that answer the built-in needle
+        questions of ``adapttoken_ext.niah``, Qwen2.5-VL's on frames of at most
+        ``niah.NEEDLE_MAX_PIXELS`` pixels; README "Needle in a haystack"). ``device_map`` (None, ``"auto"`` or a dict) splits a large model
         across devices.
 
         Raises:
             ValueError: no adapter for the checkpoint's ``model_type``, or no tiny ``family``.
         """
         from . import models
-        from .models.tiny import FAMILIES, ensure_needle_model, ensure_tiny_model, needle_model_id, tiny_model_id
-        family = next((f for f in FAMILIES if model == tiny_model_id(f)), family)
+        from .models.tiny import (FAMILIES, NEEDLE_FAMILIES, ensure_needle_model, ensure_tiny_model,
+                                  needle_model_id, tiny_model_id)
+        family = next((f for f in FAMILIES if model in (tiny_model_id(f), needle_model_id(f))), family)
         tiny = model is None or model == tiny_model_id(family)
         name, path = model, model
         if tiny:
             name, path = tiny_model_id(family), str(ensure_tiny_model(family))
-        elif model in ("needle", needle_model_id()):  # the trained needle checkpoint (README)
-            name, path = needle_model_id(), str(ensure_needle_model())
+        elif model in ("needle", needle_model_id(family)):  # a trained needle checkpoint (README)
+            if family not in NEEDLE_FAMILIES:
+                raise ValueError(f"family: no needle checkpoint for {family!r} (trained: "
+                                 f"{', '.join(NEEDLE_FAMILIES)})")
+            name, path = needle_model_id(family), str(ensure_needle_model(family))
         adapter = models.load(path, device=device, dtype=dtype, device_map=device_map,
                               attn_implementation=attn_implementation)
         return cls(adapter, config, name=name, tiny=tiny)

@@ -84,7 +84,7 @@ def memory_child(frames: int, cache_mb: int, hay: str, units_per_group: int) -> 
     needle = niah.make_needle("colour", "red")
     before = rss()
     t = time.perf_counter()
-    with niah.NeedleVideo(hay, needle, 0.5, frames=frames, unit=at.adapter.unit) as v:
+    with niah.NeedleVideo(hay, needle, 0.5, frames=frames, unit=at.adapter.unit, cache_bytes=cache_mb << 20) as v:
         r = at.answer(v, needle.question, list(needle.options), progress=False)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {"frames": frames, "decode_cache_mb": cache_mb, "rss_after_load": before, "peak_rss": peak,
@@ -131,10 +131,15 @@ def report(args) -> None:
     from adapttoken_ext import niah_bench
     runs = {}
     for d in sorted(RAW.glob("T*")):
-        trials = niah_bench._journal(d / "trials.jsonl")
+        trials = niah_bench.latest(niah_bench._journal(d / "trials.jsonl"))
         runs[d.name[1:]] = {"trials": trials, "record": json.loads((d / "run.json").read_text())}
     main = runs.get("1", {}).get("trials", [])
     frames = sorted({t["frames"] for t in main})
+    expected = len(depths(args.depths)) * args.needles
+    short = {f"T{T} {m} {F}": len(cells(r["trials"], m, F)) for T, r in runs.items() for F in frames
+             for m in METHODS if 0 < len(cells(r["trials"], m, F)) < expected}
+    if short:
+        print(f"bench_niah: WARNING: incomplete cells (of {expected} trials): {short}", file=sys.stderr)
     table = {m: {F: figures(main, m, F) for F in frames} for m in METHODS if cells(main, m, frames[-1] if frames else 0)}
     sweep = {T: {F: figures(r["trials"], "adapttoken", F) for F in frames} for T, r in runs.items()}
     memory = json.loads((RAW / "memory.json").read_text()) if (RAW / "memory.json").exists() else []
@@ -145,7 +150,7 @@ def report(args) -> None:
 
     big = [F for F in frames if F >= 4096]
     a = table.get("adapttoken", {})
-    for F in big:
+    for F in big if a else []:
         goal(f"AdaptToken accuracy at {F} frames", ">= 0.95", a[F]["accuracy"], (a[F]["accuracy"] or 0) >= 0.95)
         goal(f"AdaptToken needle recall at {F} frames", ">= 0.9", a[F]["needle_recall"],
              (a[F]["needle_recall"] or 0) >= 0.9)
@@ -161,7 +166,8 @@ def report(args) -> None:
             lt = table["lite"][F]
             goal(f"Lite accuracy at {F} frames", ">= 0.9", lt["accuracy"], lt["accuracy"] >= 0.9)
             ratio = round(lt["seconds_mean"] / a[F]["seconds_mean"], 3)
-            goal(f"Lite time over AdaptToken's at {F} frames", "<= 0.6", ratio, ratio <= 0.6)
+            goal(f"Lite time over AdaptToken's at {F} frames (frames decoded once per frame count, "
+                 "so decoding is in neither)", "<= 0.6", ratio, ratio <= 0.6)
     for cache in sorted({m["decode_cache_mb"] for m in memory}):
         ms = sorted((m for m in memory if m["decode_cache_mb"] == cache), key=lambda m: m["frames"])
         if len(ms) == 2:
@@ -170,7 +176,7 @@ def report(args) -> None:
             goal(f"peak host RSS {ms[1]['frames']} over {ms[0]['frames']} frames (decode cache {cache} MiB)",
                  "<= 1.2", ratio, ratio <= 1.2)
             goal(f"peak RSS above the loaded model, {ms[1]['frames']} over {ms[0]['frames']} frames "
-                 f"(decode cache {cache} MiB)", "(shown)", over, True)
+                 f"(decode cache {cache} MiB; the stricter reading)", "<= 1.2", over, over <= 1.2)
     out = {"environment": environment("cpu"), "budget": runs.get("1", {}).get("record", {}).get("budget"),
            "settings": runs.get("1", {}).get("record", {}).get("settings"),
            "methods": table, "temperature_sweep": sweep, "memory": memory, "goals": goals,
@@ -223,7 +229,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--frames", type=int, nargs="+", default=[1024, 4096, 10000])
     ap.add_argument("--depths", type=int, default=11, help="evenly spaced depths from 0 to 1")
-    ap.add_argument("--needles", type=int, default=3, help="trials per (frames, depth) cell")
+    ap.add_argument("--needles", type=int, default=4, help="trials per (frames, depth) cell (4: the 4 "
+                    "answer letters in every cell, niah_bench.trial_needles)")
     ap.add_argument("--temperatures", type=float, nargs="+", default=[0.3, 0.1], help="of the sweep")
     ap.add_argument("--units-per-group", type=int, default=64,
                     help="method.md's default (the checkpoint was trained on clips of up to 16 units "

@@ -42,17 +42,60 @@ def test_summarize_arithmetic():
     ]
 
 
-def test_trial_needles_cover_every_class_evenly():
-    every = [n.name for d in range(3) for n in niah_bench.trial_needles(niah.KINDS, 4, d)]
-    assert sorted(every) == sorted(f"{k}:{c}" for k, v in niah.KINDS.items() for c in v.classes)
-    eleven = Counter(n.name for d in range(11) for n in niah_bench.trial_needles(niah.KINDS, 4, d))
-    assert len(eleven) == 12 and set(eleven.values()) <= {3, 4}
-    assert [n.name for n in niah_bench.trial_needles(["digit"], 2, 1)] == ["digit:4", "digit:7"]
-    for bad, name in ((lambda: niah_bench.trial_needles([], 1, 0), "kinds"),
-                      (lambda: niah_bench.trial_needles(["sticker"], 1, 0), "kinds"),
-                      (lambda: niah_bench.trial_needles(["colour"], 0, 0), "needles")):
+def test_trial_needles_balance_letters_and_cover_every_class():
+    every = {f"{k}:{c}" for k, v in niah.KINDS.items() for c in v.classes}
+    for d in (0.0, 0.3, 1.0):
+        twelve = niah_bench.trial_needles(niah.KINDS, 12, d)
+        assert {n.name for n in twelve} == every  # every (kind, class) once
+        for j in range(0, 12, 4):  # every 4 trials of a cell: the 4 letters
+            assert sorted(n.answer for n in twelve[j:j + 4]) == ["A", "B", "C", "D"]
+        # a needle depends on (depth, trial) only: more trials change no earlier one
+        assert [n.name for n in niah_bench.trial_needles(niah.KINDS, 3, d)] == [n.name for n in twelve[:3]]
+    orders = {tuple(n.name for n in niah_bench.trial_needles(niah.KINDS, 4, d / 10)) for d in range(11)}
+    assert len(orders) > 5  # the order changes from depth to depth
+    eleven = Counter(n.answer for d in range(11) for n in niah_bench.trial_needles(niah.KINDS, 4, d / 10))
+    assert eleven == {"A": 11, "B": 11, "C": 11, "D": 11}
+    assert {n.kind for n in niah_bench.trial_needles(["digit"], 4, 0.5)} == {"digit"}
+    for bad, name in ((lambda: niah_bench.trial_needles([], 1, 0.0), "kinds"),
+                      (lambda: niah_bench.trial_needles(["sticker"], 1, 0.0), "kinds"),
+                      (lambda: niah_bench.trial_needles(["digit", "digit"], 1, 0.0), "kinds"),
+                      (lambda: niah_bench.trial_needles(["colour"], 0, 0.0), "needles")):
         with pytest.raises(ValueError, match=name):
             bad()
+
+
+def test_trial_record_on_a_result_written_by_hand(tmp_path):
+    """8 sampled frames (4 units of 2), needle in unit 2 (frames 104, 105), groups
+    interleaved {0, 2} and {1, 3}; grid 2 x 4, colour square cells (0-1, 1-2)."""
+    video = SimpleNamespace(sampled=list(range(100, 108)), units=[2])
+    groups = [SimpleNamespace(index=0, frames=[100, 101, 104, 105], entropy=0.01),
+              SimpleNamespace(index=1, frames=[102, 103, 106, 107], entropy=1.3)]
+    kept = [{"frame": 104, "h": 0, "w": 1}, {"frame": 104, "h": 1, "w": 2}, {"frame": 102, "h": 0, "w": 0}]
+    result = SimpleNamespace(frames=video.sampled, groups=groups, selected_tokens=kept, grid=(2, 4),
+                             answer="B. green", timings_s={"total": 1.25})
+    needle = niah.make_needle("colour", "green")
+    r = niah_bench.trial_record("adapttoken", 8, 0.6, 3, needle, result, video, 2, (56, 112))
+    assert r == {"method": "adapttoken", "frames": 8, "depth": 0.6, "trial": 3, "needle": "colour:green",
+                 "answer": "B. green", "letter": "B", "correct": True, "needle_recall": 0.5,
+                 "needle_group": 0, "entropies": [0.01, 1.3], "lowest_entropy_group": 0,
+                 "groups_visited": 2, "seconds": 1.25, "kept": 3}
+    result.answer = "C"
+    groups[1].entropy = 0.001  # the other group more certain
+    r = niah_bench.trial_record("adapttoken", 8, 0.6, 3, needle, result, video, 2, (56, 112))
+    assert not r["correct"] and r["lowest_entropy_group"] == 1 and r["needle_group"] == 0
+    result.groups = groups[1:]  # Lite stopped before the needle's group
+    r = niah_bench.trial_record("lite", 8, 0.6, 3, needle, result, video, 2, (56, 112))
+    assert r["needle_group"] is None and r["groups_visited"] == 1
+    # a picture needle with five options: answer E counts
+    from PIL import Image
+    Image.new("RGB", (8, 8), (0, 0, 0)).save(tmp_path / "n.png")
+    five = niah.make_needle("image", image=tmp_path / "n.png", question="q?",
+                            options=[f"{x}. {x.lower()}" for x in "ABCDE"], answer="E")
+    result.answer = "E"
+    assert niah_bench.trial_record("uniform", 8, 0.6, 0, five, result, video, 2, (56, 112))["correct"]
+    result.frames = list(range(8))  # not the frames the needle video sampled
+    with pytest.raises(ValueError, match="frames"):
+        niah_bench.trial_record("uniform", 8, 0.6, 0, five, result, video, 2, (56, 112))
 
 
 @pytest.mark.parametrize("text,letter", [("B", "B"), ("  C. blue", "C"), ("(D)", "D"), ("AAAA", "A"),
@@ -89,9 +132,12 @@ def test_decoded_video_is_the_readers_frames():
 def test_make_haystack(tmp_path):
     assert niah_bench.make_haystack([BIKES], 200, tmp_path) == BIKES  # long enough: as it is
     out = niah_bench.make_haystack([BIKES], 300, tmp_path)
-    assert out == tmp_path / "haystack-300.mp4"
+    assert out.parent == tmp_path and out.name.startswith("haystack-300-")
     with VideoReader(out) as r:
         assert r.info.num_frames == 300 and (r.info.width, r.info.height) == (320, 180)
+    other = niah_bench.make_haystack([sample_video("bigbuckbunny.mp4")], 300, tmp_path)
+    assert other != out  # other sources: another file, not the first one reused
+    assert niah_bench.make_haystack([BIKES], 300, tmp_path) == out
     with pytest.raises(FileNotFoundError, match="--haystack"):
         niah_bench.make_haystack([tmp_path / "none.mp4"], 10, tmp_path)
 
@@ -112,7 +158,8 @@ def uniform_units(num_units, n):
 
 def test_niah_on_the_needle_checkpoint(needle_at, tmp_path):
     """256 frames (128 units, 8 groups), depths 0.3 and 0.8, 2 needles each, a budget of
-    two units (16 tokens): AdaptToken answers every trial and keeps the needle; uniform's
+    two units (16 tokens): AdaptToken answers every trial and keeps at least half of the
+    needle's tokens, its group the one of lowest entropy; uniform's
     two units miss it; every method keeps what README 'Baselines' says."""
     trials = niah_bench.run(needle_at, tmp_path, [256], [0.3, 0.8], 2, niah_bench.NIAH_METHODS,
                             progress=False)
@@ -121,7 +168,7 @@ def test_niah_on_the_needle_checkpoint(needle_at, tmp_path):
     needle_units = [math.floor(d * 127 + 0.5) for d in (0.3, 0.8)]  # niah.needle_units
     assert not set(needle_units) & set(uniform_units(128, 2))
     for t in by["adapttoken"]:
-        assert t["correct"] and t["needle_recall"] == 1.0, t
+        assert t["correct"] and t["needle_recall"] >= 0.5, t
         assert t["needle_group"] == t["lowest_entropy_group"], t
         assert t["kept"] <= 16
     for t in by["uniform"] + by["random"]:
@@ -152,10 +199,20 @@ def test_niah_resumes_refuses_another_run_and_restarts(needle_at, tmp_path):
     more = niah_bench.run(needle_at, tmp_path, **{**args, "depths": [0.0, 0.5, 1.0],
                                                   "methods": ["uniform", "random"]})
     assert len(more) == 6 and journal.read_text().splitlines()[:2] == redone
+    for t in more:  # every method answered the same needle of a (frames, depth, trial)
+        assert {u["needle"] for u in more if u["depth"] == t["depth"] and u["trial"] == t["trial"]} == {t["needle"]}
     with pytest.raises(ValueError, match="--output"):
         niah_bench.run(needle_at, tmp_path, **args, budget=24)
     assert len(niah_bench.run(needle_at, tmp_path, **args, budget=24, restart=True)) == 2
     assert json.loads((tmp_path / "run.json").read_text())["budget"] == 24
+    # a failed trial is retried on the next run; its success replaces the error
+    lines = journal.read_text().splitlines()
+    broken = {**json.loads(lines[1]), "error": "boom"}
+    journal.write_text(lines[0] + "\n" + json.dumps(broken) + "\n")
+    redo = niah_bench.run(needle_at, tmp_path, **args, budget=24)
+    assert len(redo) == 2 and not any("error" in t for t in redo)
+    assert len(journal.read_text().splitlines()) == 3
+    assert [r["trials"] for r in json.loads((tmp_path / "summary.json").read_text())] == [1, 1]
 
 
 def test_niah_user_needle_image(needle_at, tmp_path):
@@ -194,3 +251,21 @@ def test_niah_cli_prints_the_table(tmp_path, capsys):
     assert rc == 0 and "accuracy" in out and "uniform" in out and "lite" in out
     rows = json.loads((tmp_path / "summary.json").read_text())
     assert {r["method"] for r in rows} == {"uniform", "lite"}
+
+
+def test_niah_cli_llava_onevision_needle(tmp_path, capsys):
+    """``--model needle --family llava_onevision``: the 1-D RoPE needle checkpoint; AdaptToken
+    finds a needle in 64 frames (64 one-frame units of 4 tokens, 2 groups) at 8 tokens."""
+    rc = cli.main(["niah", "--model", "needle", "--family", "llava_onevision", "--quiet", "--output",
+                   str(tmp_path), "--frames", "64", "--depths", "0.3", "--needles", "2", "--budget", "8",
+                   "--units-per-group", "32", "--methods", "adapttoken"])
+    assert rc == 0, capsys.readouterr().err
+    trials = [json.loads(x) for x in (tmp_path / "trials.jsonl").read_text().splitlines()]
+    assert json.loads((tmp_path / "run.json").read_text())["model"] == "adapttoken/needle-llava_onevision"
+    assert len(trials) == 2 and all(t["correct"] and t["needle_recall"] > 0 for t in trials), trials
+
+
+def test_needle_model_of_a_family_without_one():
+    from adapttoken_ext.pipeline import AdaptToken
+    with pytest.raises(ValueError, match="family"):
+        AdaptToken.from_pretrained("needle", family="internvl")
