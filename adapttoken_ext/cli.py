@@ -82,8 +82,8 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--units-per-group", type=int, default=defaults.units_per_group,
                         help="temporal units per group (step 1)")
         sp.add_argument("--max-pixels", type=int, default=None, help="pixels per frame after "
-                        f"resizing (step 0; default {defaults.max_pixels}, with --model needle "
-                        f"{NEEDLE_MAX_PIXELS}, the size it was trained at)")
+                        f"resizing (step 0; with --model needle {NEEDLE_MAX_PIXELS}, the size it "
+                        f"was trained at) (default: {defaults.max_pixels})")
         sp.set_defaults(default_max_pixels=defaults.max_pixels)
         sp.add_argument("--temperature", type=float, default=defaults.temperature,
                         help="budget temperature T in w_g = softmax(-H_g / T) (step 5)")
@@ -187,7 +187,6 @@ def _batch(args) -> int:
 
     from . import batch, methods
     from .models.tiny import tiny_model_id
-    from .pipeline import AdaptToken
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, gather, device = int(os.environ.get("RANK", "0")), None, args.device
     try:
@@ -208,13 +207,7 @@ def _batch(args) -> int:
             rank, gather = dist.get_rank(), batch.Rendezvous(args.barrier_timeout)
             if device.startswith("cuda") and args.device_map is None:
                 device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
-        dtype = _DTYPES[args.dtype] and getattr(torch, _DTYPES[args.dtype])
-        at = AdaptToken.from_pretrained(args.model, config=config, device=device, dtype=dtype,
-                                        device_map=_device_map(args.device_map),
-                                        attn_implementation=args.attn_implementation,
-                                        family=args.family)
-        if at.tiny and rank == 0:
-            print(TINY_WARNING.format(family=args.family), file=sys.stderr)
+        at = _load(args, config, device, warn=rank == 0)
         return batch.run(at, args.input, args.output, progress=not args.quiet, rank=rank,
                          world=world, gather=gather, restart=args.restart, method=args.method)
     except Exception as e:
@@ -234,13 +227,26 @@ def _batch(args) -> int:
             torch.distributed.destroy_process_group()
 
 
+def _load(args, config, device: str | None = None, warn: bool = True):
+    """The pipeline of ``--model`` (or the tiny ``--family`` model, with a warning) on
+    ``device`` (default ``--device``), ``--dtype``, ``--device-map``, ``--attn-implementation``."""
+    import torch
+
+    from .pipeline import AdaptToken
+    dtype = _DTYPES[args.dtype] and getattr(torch, _DTYPES[args.dtype])
+    at = AdaptToken.from_pretrained(args.model, config=config, device=device or args.device, dtype=dtype,
+                                    device_map=_device_map(args.device_map),
+                                    attn_implementation=args.attn_implementation, family=args.family)
+    if at.tiny and warn:
+        print(TINY_WARNING.format(family=args.family), file=sys.stderr)
+    return at
+
+
 def _niah(args) -> int:
     """``adapttoken niah``: check every argument, load the model, run the trials
     (:func:`adapttoken_ext.niah_bench.run`) and print accuracy per method and frame count."""
-    import torch
 
     from . import niah, niah_bench
-    from .pipeline import AdaptToken
     from .video import check_decoder
     try:
         config = _config(args).validate()
@@ -263,13 +269,7 @@ def _niah(args) -> int:
         methods = list(dict.fromkeys(args.methods + (["lite"] if args.lite else [])))
         niah_bench.check(args.frames, args.depths, args.needles, methods, args.kinds, image,
                          args.needle_frames, args.budget)
-        dtype = _DTYPES[args.dtype] and getattr(torch, _DTYPES[args.dtype])
-        at = AdaptToken.from_pretrained(args.model, config=config, device=args.device, dtype=dtype,
-                                        device_map=_device_map(args.device_map),
-                                        attn_implementation=args.attn_implementation,
-                                        family=args.family)
-        if at.tiny:
-            print(TINY_WARNING.format(family=args.family), file=sys.stderr)
+        at = _load(args, config)
         trials = niah_bench.run(at, out, args.frames, args.depths, args.needles, methods,
                                 haystack=args.haystack, kinds=args.kinds, needle_image=image,
                                 needle_frames=args.needle_frames, budget=args.budget,
@@ -496,7 +496,6 @@ def main(argv=None) -> int:
     if args.command == "niah":
         return _niah(args)
     from . import methods
-    from .pipeline import AdaptToken
     from .video import check_decoder, sample_video
     demo = args.command == "demo"
     try:
@@ -510,14 +509,7 @@ def main(argv=None) -> int:
         else:
             video, question, options = args.video, args.question, args.options
             _check_video(video)
-        import torch
-        dtype = _DTYPES[args.dtype] and getattr(torch, _DTYPES[args.dtype])
-        at = AdaptToken.from_pretrained(args.model, config=config, device=args.device, dtype=dtype,
-                                        device_map=_device_map(args.device_map),
-                                        attn_implementation=args.attn_implementation,
-                                        family=args.family)
-        if at.tiny:
-            print(TINY_WARNING.format(family=args.family), file=sys.stderr)
+        at = _load(args, config)
         result = at.answer(video, question, options, progress=not args.quiet, method=args.method)
     except (ValueError, OSError, ImportError) as e:  # bad input, missing file, checkpoint or backend
         print(f"adapttoken: error: {e}", file=sys.stderr)

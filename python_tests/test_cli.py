@@ -105,7 +105,8 @@ def test_help_shows_defaults_and_explains_every_argument(capsys):
             assert action.help and action.help.strip(), f"{name} {action.option_strings} has no help"
         text = re.sub(r"\s+", " ", sp.format_help())
         cfg = demo if name == "demo" else full
-        for flag in ("frames", "budget", "units-per-group", "max-pixels"):
+        # niah takes lists of frame counts and a budget of two units by default
+        for flag in ("units-per-group", "max-pixels") + (() if name == "niah" else ("frames", "budget")):
             value = getattr(cfg, flag.replace("-", "_"))
             assert re.search(rf"--{flag} \S+ .*?\(default: {value}\)", text), (name, flag)
         assert "(default: None)" not in text
