@@ -5,8 +5,9 @@ Every method at one matched budget (two units' worth of tokens, so that ``unifor
 of the units), frame counts 1024, 4096 and 10,000, 11 depths, the three built-in needle
 kinds, a one-unit needle. Parts, each its own process (``--jobs 2`` runs two at once):
 
-  trials   every method and AdaptToken-Lite at the default budget temperature T = 1
-  sweep    AdaptToken at the other --temperatures (method.md step 5), same trials
+  trials   every method and AdaptToken-Lite at budget temperature T = 1
+  sweep    AdaptToken and Lite at the other --temperatures (method.md step 5), same trials;
+           the other methods do not depend on T
   memory   peak host memory of one AdaptToken answer at 1024 and 10,000 frames, each in a
            fresh process reading the file (no decoded haystack), with and without the
            decode cache (config.decode_cache_mb)
@@ -133,7 +134,12 @@ def report(args) -> None:
     for d in sorted(RAW.glob("T*")):
         trials = niah_bench.latest(niah_bench._journal(d / "trials.jsonl"))
         runs[d.name[1:]] = {"trials": trials, "record": json.loads((d / "run.json").read_text())}
+    from adapttoken_ext.config import AdaptTokenConfig
+    default_T = f"{AdaptTokenConfig().temperature:g}"
     main = runs.get("1", {}).get("trials", [])
+    if default_T in runs:  # AdaptToken and Lite at the default T; the rest do not depend on T
+        main = [t for t in main if t["method"] not in ("adapttoken", "lite")] + [
+            t for t in runs[default_T]["trials"] if t["method"] in ("adapttoken", "lite")]
     frames = sorted({t["frames"] for t in main})
     expected = len(depths(args.depths)) * args.needles
     short = {f"T{T} {m} {F}": len(cells(r["trials"], m, F)) for T, r in runs.items() for F in frames
@@ -141,7 +147,8 @@ def report(args) -> None:
     if short:
         print(f"bench_niah: WARNING: incomplete cells (of {expected} trials): {short}", file=sys.stderr)
     table = {m: {F: figures(main, m, F) for F in frames} for m in METHODS if cells(main, m, frames[-1] if frames else 0)}
-    sweep = {T: {F: figures(r["trials"], "adapttoken", F) for F in frames} for T, r in runs.items()}
+    sweep = {T: {m: {F: figures(r["trials"], m, F) for F in frames} for m in ("adapttoken", "lite")
+                 if cells(r["trials"], m, frames[-1] if frames else 0)} for T, r in runs.items()}
     memory = json.loads((RAW / "memory.json").read_text()) if (RAW / "memory.json").exists() else []
     goals = []
 
@@ -177,7 +184,7 @@ def report(args) -> None:
                  "<= 1.2", ratio, ratio <= 1.2)
             goal(f"peak RSS above the loaded model, {ms[1]['frames']} over {ms[0]['frames']} frames "
                  f"(decode cache {cache} MiB; the stricter reading)", "<= 1.2", over, over <= 1.2)
-    out = {"environment": environment("cpu"), "budget": runs.get("1", {}).get("record", {}).get("budget"),
+    out = {"environment": environment("cpu"), "default_temperature": float(default_T), "budget": runs.get("1", {}).get("record", {}).get("budget"),
            "settings": runs.get("1", {}).get("record", {}).get("settings"),
            "methods": table, "temperature_sweep": sweep, "memory": memory, "goals": goals,
            "summary_rows": niah_bench.summarize(main)}
@@ -192,17 +199,25 @@ def report(args) -> None:
             lines.append(f"{m:>13} {F:>6} {f['trials']:>6} {fmt(f['accuracy']):>8} {fmt(f['needle_recall']):>6} "
                          f"{fmt(f['lowest_entropy_is_needle_group']):>8} {fmt(f['seconds_mean']):>8} "
                          f"{fmt(f['groups_visited_mean']):>7} {fmt(f['kept_mean']):>5}")
-    lines += ["", "temperature sweep (AdaptToken, same trials and budget):"]
-    for T, per in sweep.items():
-        lines.append(f"  T = {T}: " + ", ".join(f"{F} frames: accuracy {f['accuracy']}, recall {f['needle_recall']}"
-                                                for F, f in per.items()))
+    lines[2:2] = [f"AdaptToken and Lite at the default temperature T = {default_T}; uniform, flexselect, "
+                  "entropyselect and random do not depend on T"]
+    lines += ["", "temperature sweep (same trials and budget):"]
+    for T, per_m in sweep.items():
+        for m, per in per_m.items():
+            lines.append(f"  T = {T}, {m}: " + ", ".join(
+                f"{F} frames: accuracy {f['accuracy']}, recall {f['needle_recall']}, {f['seconds_mean']} s"
+                for F, f in per.items()))
     lines += ["", "memory:"] + [f"  {json.dumps(m)}" for m in memory]
     lines += ["", "goals:"] + [f"  [{'met' if g['met'] else 'MISSED' if g['met'] is False else '?'}] "
                                f"{g['figure']}: goal {g['goal']}, measured {g['measured']}" for g in goals]
     (RESULTS / "cpu_niah.log").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    for png in (RAW / "T1").glob("*.png"):
+    for png in (RAW / "T1").glob("*.png"):  # AdaptToken's and Lite's at the default T below
         shutil.copy(png, RESULTS / f"cpu_niah_{png.name}")
+    for m in ("adapttoken", "lite"):
+        png = RAW / f"T{default_T}" / f"heatmap_{m}.png"
+        if png.exists():
+            shutil.copy(png, RESULTS / f"cpu_niah_{png.name}")
     plot_sweep(sweep, RESULTS / "cpu_niah_temperature.png")
 
 
@@ -210,7 +225,8 @@ def plot_sweep(sweep: dict, path: Path) -> None:
     from matplotlib.figure import Figure
     fig = Figure(figsize=(7, 3.2), constrained_layout=True)
     ax1, ax2 = fig.subplots(1, 2)
-    for T, per in sorted(sweep.items(), key=lambda kv: -float(kv[0])):
+    for T, per_m in sorted(sweep.items(), key=lambda kv: -float(kv[0])):
+        per = per_m["adapttoken"]
         F = list(per)
         ax1.plot(range(len(F)), [per[f]["accuracy"] for f in F], "o-", label=f"T = {T}")
         ax2.plot(range(len(F)), [per[f]["needle_recall"] for f in F], "o-", label=f"T = {T}")
@@ -220,7 +236,7 @@ def plot_sweep(sweep: dict, path: Path) -> None:
         ax.set_ylabel(name)
         ax.set_ylim(-0.02, 1.02)
     ax1.legend(fontsize="small")
-    fig.suptitle("AdaptToken at one budget: the budget temperature T (method.md step 5)")
+    fig.suptitle("AdaptToken at one budget (two units): the budget temperature T (method.md step 5)")
     fig.savefig(path, dpi=110)
 
 
@@ -248,7 +264,7 @@ def main():
         if kind == "trials":
             run_trials(args, 1.0, METHODS)
         elif kind == "sweep":
-            run_trials(args, float(value), ["adapttoken"])
+            run_trials(args, float(value), ["adapttoken", "lite"])
         elif kind == "memory":
             run_memory(args)
         return
