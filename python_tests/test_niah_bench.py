@@ -10,6 +10,7 @@ import math
 from collections import Counter
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -114,6 +115,18 @@ def test_needle_tokens_are_the_cells_the_needle_covers():
     # (row 1), cols 73..95 (cols 2 and 3)
     got = niah_bench.needle_tokens(niah.make_needle("quadrant", "bottom right"), video, 2, (56, 112), (2, 4))
     assert got == {(f, 1, w) for f in (106, 108) for w in (2, 3)}
+
+
+def test_needle_tokens_at_a_cell_boundary(tmp_path):
+    """A 2 x 2 picture opaque in its bottom row only: drawn 33.6 px square (rows 11..44,
+    cols 39..72), its opaque half is rows 28..44, exactly cell row 1: row 0 ends at 27."""
+    from PIL import Image
+    img = np.zeros((2, 2, 4), np.uint8)
+    img[..., 0], img[1, :, 3] = 255, 255
+    Image.fromarray(img, "RGBA").save(tmp_path / "half.png")
+    n = niah.make_needle("image", image=tmp_path / "half.png", question="q?", options=["A. x", "B. y"], answer="A")
+    video = SimpleNamespace(sampled=[0, 1], units=[0])
+    assert niah_bench.needle_tokens(n, video, 2, (56, 112), (2, 4)) == {(0, 1, 1), (0, 1, 2)}
 
 
 def test_decoded_video_is_the_readers_frames():
