@@ -290,20 +290,18 @@ def _niah(args) -> int:
 def format_niah(trials: list[dict]) -> str:
     """Per method and frame count, over depths and needles: accuracy, needle recall, the
     share of trials whose lowest-entropy group holds the needle, and mean seconds."""
+    from .niah_bench import stats
     cells: dict[tuple, list[dict]] = {}
     for t in trials:
         cells.setdefault((t["method"], t["frames"]), []).append(t)
     lines = [f"{'method':>13} {'frames':>6} {'trials':>6} {'accuracy':>8} {'recall':>6} "
              f"{'lowest H':>8} {'seconds':>8} {'errors':>6}"]
+    fmt = (lambda x: "-" if x is None else f"{x:.2f}")
     for (m, F), ts in cells.items():
-        ok = [t for t in ts if "error" not in t]
-        rec = [t["needle_recall"] for t in ok if t.get("needle_recall") is not None]
-        low = [t["lowest_entropy_group"] == t["needle_group"] for t in ok
-               if t.get("lowest_entropy_group") is not None]
-        mean = (lambda xs: f"{sum(xs) / len(xs):.2f}" if xs else "-")
-        lines.append(f"{m:>13} {F:>6} {len(ts):>6} {sum(bool(t.get('correct')) for t in ts) / len(ts):>8.2f} "
-                     f"{mean(rec):>6} {mean(low):>8} {mean([t['seconds'] for t in ok]):>8} "
-                     f"{len(ts) - len(ok):>6}")
+        s = stats(ts)
+        lines.append(f"{m:>13} {F:>6} {s['trials']:>6} {s['accuracy']:>8.2f} {fmt(s['needle_recall']):>6} "
+                     f"{fmt(s['lowest_entropy_is_needle_group']):>8} {fmt(s['seconds_mean']):>8} "
+                     f"{s['errors']:>6}")
     return "\n".join(lines)
 
 

@@ -28,7 +28,8 @@ import torch
 from .niah import KINDS, LETTERS, Needle, NeedleVideo, make_needle, render_needle
 from .video import VideoReader, sample_frame_indices
 
-__all__ = ["NIAH_METHODS", "DecodedVideo", "answer_letter", "check", "latest", "make_haystack", "run", "summarize",
+__all__ = ["NIAH_METHODS", "DecodedVideo", "answer_letter", "check", "latest", "make_haystack", "run", "stats",
+           "summarize",
            "trial_needles", "trial_record", "plot_heatmaps", "plot_entropy"]
 
 NIAH_METHODS = ("adapttoken", "lite", "uniform", "flexselect", "entropyselect", "random")
@@ -133,14 +134,6 @@ def make_haystack(videos, num_frames: int, out_dir) -> Path:
     return out
 
 
-def _sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def needle_tokens(needle: Needle, video: NeedleVideo, unit: int, size, grid) -> set[tuple[int, int, int]]:
     """The needle's visual tokens ``(frame, h, w)``: in every unit that holds it (``frame``
     the unit's first sampled frame, as in ``AdaptTokenResult.selected_tokens``), the
@@ -165,8 +158,7 @@ def trial_record(method: str, frames: int, depth: float, trial: int, needle: Nee
     truth = needle_tokens(needle, video, unit, size, result.grid)
     kept = {(t["frame"], t["h"], t["w"]) for t in result.selected_tokens}
     first = video.sampled[video.units[0] * unit]
-    group = next(g.index for g in result.groups if first in g.frames) if any(
-        first in g.frames for g in result.groups) else None
+    group = next((g.index for g in result.groups if first in g.frames), None)
     ents = [g.entropy for g in result.groups]
     seen = [(h, g.index) for h, g in zip(ents, result.groups) if h is not None]
     from .stages import parse_options
@@ -243,7 +235,7 @@ def run(at, out_dir, frames, depths, needles: int = 4, methods=NIAH_METHODS[:1],
             ``budget``, ``--output`` for another run's trials) before any model work.
     """
     from . import methods as registry
-    from .batch import _differences, _load_record, _write_atomic
+    from .batch import _differences, _load_record, _sha256, _write_atomic
     out = Path(out_dir)
     check(frames, depths, needles, methods, kinds, needle_image, needle_frames, budget)
     frames = [int(f) for f in frames]
@@ -353,6 +345,23 @@ def _decoded(hay, F, unit, size, decoder, todo):
     return DecodedVideo(hay, F, unit, *size, decoder=decoder)
 
 
+def stats(trials: list[dict]) -> dict:
+    """Over some trials: ``trials``; ``accuracy``, the fraction answered with the needle's
+    letter (errors count as wrong); over those that ran, the means ``needle_recall``,
+    ``lowest_entropy_is_needle_group`` (of trials with group entropies),
+    ``seconds_mean``, ``groups_visited_mean`` and ``kept_mean`` (None without any); and
+    ``errors``."""
+    ok = [t for t in trials if "error" not in t]
+    mean = (lambda xs: sum(xs) / len(xs) if xs else None)
+    return {"trials": len(trials), "accuracy": mean([bool(t.get("correct")) for t in trials]),
+            "needle_recall": mean([t["needle_recall"] for t in ok if t.get("needle_recall") is not None]),
+            "lowest_entropy_is_needle_group": mean([t["lowest_entropy_group"] == t["needle_group"] for t in ok
+                                                    if t.get("lowest_entropy_group") is not None]),
+            "seconds_mean": mean([t["seconds"] for t in ok]),
+            "groups_visited_mean": mean([t["groups_visited"] for t in ok if "groups_visited" in t]),
+            "kept_mean": mean([t["kept"] for t in ok if "kept" in t]), "errors": len(trials) - len(ok)}
+
+
 def summarize(trials: list[dict]) -> list[dict]:
     """Rows ``{"method", "frames", "depth", "trials", "accuracy", "needle_recall",
     "seconds_mean", "errors"}`` per (method, frames, depth), sorted: ``accuracy`` the
@@ -364,13 +373,9 @@ def summarize(trials: list[dict]) -> list[dict]:
     rows = []
     for (m, F, d), ts in sorted(cells.items(), key=lambda kv: (NIAH_METHODS.index(kv[0][0])
                                                                if kv[0][0] in NIAH_METHODS else 99, kv[0][1:])):
-        ok = [t for t in ts if "error" not in t]
-        rec = [t["needle_recall"] for t in ok if t.get("needle_recall") is not None]
-        rows.append({"method": m, "frames": F, "depth": d, "trials": len(ts),
-                     "accuracy": sum(bool(t.get("correct")) for t in ts) / len(ts),
-                     "needle_recall": sum(rec) / len(rec) if rec else None,
-                     "seconds_mean": sum(t["seconds"] for t in ok) / len(ok) if ok else None,
-                     "errors": len(ts) - len(ok)})
+        s = stats(ts)
+        rows.append({"method": m, "frames": F, "depth": d,
+                     **{k: s[k] for k in ("trials", "accuracy", "needle_recall", "seconds_mean", "errors")}})
     return rows
 
 

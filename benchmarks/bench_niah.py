@@ -112,17 +112,9 @@ def cells(trials, method, frames):
 
 
 def figures(trials: list[dict], method: str, frames: int) -> dict:
-    ts = cells(trials, method, frames)
-    ok = [t for t in ts if "error" not in t]
-    mean = (lambda xs: round(sum(xs) / len(xs), 4) if xs else None)
-    low = [t["lowest_entropy_group"] == t["needle_group"] for t in ok if t.get("lowest_entropy_group") is not None]
-    return {"trials": len(ts), "errors": len(ts) - len(ok),
-            "accuracy": mean([bool(t.get("correct")) for t in ts]),
-            "needle_recall": mean([t["needle_recall"] for t in ok if t.get("needle_recall") is not None]),
-            "lowest_entropy_is_needle_group": mean(low),
-            "seconds_mean": mean([t["seconds"] for t in ok]),
-            "groups_visited_mean": mean([t["groups_visited"] for t in ok]),
-            "kept_mean": mean([t["kept"] for t in ok])}
+    from adapttoken_ext.niah_bench import stats
+    return {k: v if v is None or isinstance(v, int) else round(v, 4)
+            for k, v in stats(cells(trials, method, frames)).items()}
 
 
 def report(args) -> None:

@@ -215,8 +215,8 @@ MUTANTS = {
                              "        return self._answer_all(", "methods"),
     # adapttoken niah (python_tests/test_niah_bench.py)
     "niah_accuracy_over_ran_trials": ("adapttoken_ext/niah_bench.py",
-                                      '"accuracy": sum(bool(t.get("correct")) for t in ts) / len(ts),',
-                                      '"accuracy": sum(bool(t.get("correct")) for t in ts) / max(1, len(ok)),', "niah"),
+                                      '"accuracy": mean([bool(t.get("correct")) for t in trials]),',
+                                      '"accuracy": mean([bool(t.get("correct")) for t in ok]),', "niah"),
     "niah_needle_cell_overlap_off_by_one": ("adapttoken_ext/niah_bench.py",
                                             "if mask[h * H // rows:(h + 1) * H // rows,",
                                             "if mask[h * H // rows:(h + 1) * H // rows + 1,", "niah"),

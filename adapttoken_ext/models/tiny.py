@@ -98,6 +98,14 @@ def _save(model, out: Path, preprocessor: dict, name: str) -> Path:
     return out
 
 
+def _qwen2_preprocessor(max_pixels: int) -> dict:
+    """The Qwen2/2.5-VL image processor settings of the tiny checkpoints (CLIP constants)."""
+    return {"image_mean": [0.48145466, 0.4578275, 0.40821073],
+            "image_std": [0.26862954, 0.26130258, 0.27577711],
+            "min_pixels": 56 * 56, "max_pixels": max_pixels, "patch_size": 14,
+            "temporal_patch_size": 2, "merge_size": 2}
+
+
 def _qwen2_5_vl_config(tok, hidden: int, mrope_section: list[int], vision_hidden: int, window: int):
     """A small Qwen2.5-VL config of the real layout (4 text layers, 4/2 heads, 2 vision
     layers, the last with full attention), its special ids from ``tok``."""
@@ -129,11 +137,7 @@ def _qwen2_5_vl(out: Path, seed: int) -> Path:
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config).eval()
     widen_init(model)
-    return _save(model, out, {
-        "image_mean": [0.48145466, 0.4578275, 0.40821073],
-        "image_std": [0.26862954, 0.26130258, 0.27577711],
-        "min_pixels": 56 * 56, "max_pixels": 112 * 224, "patch_size": 14,
-        "temporal_patch_size": 2, "merge_size": 2}, "Qwen2.5-VL")
+    return _save(model, out, _qwen2_preprocessor(112 * 224), "Qwen2.5-VL")
 
 
 def _qwen2_vl(out: Path, seed: int) -> Path:
@@ -162,11 +166,7 @@ def _qwen2_vl(out: Path, seed: int) -> Path:
     torch.manual_seed(seed)
     model = Qwen2VLForConditionalGeneration(config).eval()
     widen_init(model)
-    return _save(model, out, {
-        "image_mean": [0.48145466, 0.4578275, 0.40821073],
-        "image_std": [0.26862954, 0.26130258, 0.27577711],
-        "min_pixels": 56 * 56, "max_pixels": 112 * 224, "patch_size": 14,
-        "temporal_patch_size": 2, "merge_size": 2}, "Qwen2-VL")
+    return _save(model, out, _qwen2_preprocessor(112 * 224), "Qwen2-VL")
 
 
 # Qwen3-VL / Qwen3.5 chat templates (hub: Qwen/Qwen3-VL-8B-Instruct, Qwen/Qwen3.5-9B),
@@ -561,10 +561,7 @@ def _needle_qwen2_5_vl(out: Path, corpus: str):
                           corpus=corpus, vocab_size=1000)
     # head_dim 32: 16 rotary frequencies split (T, H, W) as Qwen2.5-VL's [16, 24, 24] of 64
     config = _qwen2_5_vl_config(tok, hidden=128, mrope_section=[4, 6, 6], vision_hidden=64, window=112)
-    pre = {"image_mean": [0.48145466, 0.4578275, 0.40821073],
-           "image_std": [0.26862954, 0.26130258, 0.27577711],
-           "min_pixels": 56 * 56, "max_pixels": NEEDLE_MAX_PIXELS, "patch_size": 14,
-           "temporal_patch_size": 2, "merge_size": 2}
+    pre = _qwen2_preprocessor(NEEDLE_MAX_PIXELS)
     readme = ("Tiny Qwen2.5-VL TRAINED on the needle-in-a-haystack task of adapttoken_ext.niah\n"
               "(tools/train_needle_model.py). It answers only the built-in needle questions, on\n"
               f"frames resized with max_pixels={NEEDLE_MAX_PIXELS} (56 x 112 px).\n")
