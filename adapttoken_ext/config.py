@@ -58,7 +58,7 @@ class AdaptTokenConfig:
     """Step 5: T in ``w_g = softmax(-H_g / T)``. 0.3, as the needle benchmark's sweep decided
     (method.md step 5; README "Needle in a haystack"): at a budget of two units, T = 1 gave
     the needle's group too small a share among the 79 groups of 10,000 frames (accuracy
-    0.89, needle recall 0.33 there) where 0.3 and 0.1 answered every trial."""
+    0.98, needle recall 0.33 there; benchmarks/results/cpu_niah.log) where 0.3 and 0.1 answered every trial."""
     per_group_floor: int = 0
     """Step 5: minimum tokens per group (capped at its capacity)."""
     redundancy_threshold: float | None = 0.9
